@@ -1,0 +1,143 @@
+"""Command line: `hifusion prepare | train | benchmark | demo | predict | ...`.
+
+Heavy libraries are imported inside the commands so that `hifusion --help` answers at once. Problems with the
+user's input end with one line on stderr naming the file and the problem, and exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from hifusion.errors import HifusionError
+
+app = typer.Typer(
+    name="hifusion",
+    help="Predict spatial gene expression from H&E histology (HiFusion, AAAI 2026) and benchmark it honestly.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _parse_mapping(items: list[str] | None, option: str) -> dict[str, float]:
+    """`--mpp C2=0.69 --mpp C3=0.69` -> {'C2': 0.69, 'C3': 0.69}."""
+    out: dict[str, float] = {}
+    for item in items or []:
+        for part in item.split(","):
+            if "=" not in part:
+                raise HifusionError(f"{option} expects SECTION=VALUE, got '{part}'")
+            key, value = part.split("=", 1)
+            try:
+                out[key.strip()] = float(value)
+            except ValueError as exc:
+                raise HifusionError(f"{option} {key}: '{value}' is not a number") from exc
+    return out
+
+
+def _sections(value: str | None) -> list[str] | None:
+    return [s.strip() for s in value.split(",") if s.strip()] if value else None
+
+
+@app.command()
+def prepare(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Cache folder (one folder per physical scale).")],
+    root: Annotated[Path | None, typer.Option(help="Dataset root (default: the HER2ST sample in the package).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="her2st | stnet | visium | h5ad")] = "her2st",
+    sections: Annotated[str | None, typer.Option(help="Comma-separated section ids (default: all found).")] = None,
+    spot_um: Annotated[float, typer.Option(help="Spot field of view in microns.")] = 154.6,
+    spot_px: Annotated[int, typer.Option(help="Spot patch side in pixels (224 paper, 112 CPU profile).")] = 224,
+    region_factor: Annotated[float, typer.Option(help="Region patch side / spot patch side.")] = 2.0,
+    mpp: Annotated[list[str] | None, typer.Option(help="Per-section image um/px override, e.g. C2=0.69.")] = None,
+    coord_scale: Annotated[list[str] | None, typer.Option(help="Per-section spot coordinate scale, e.g. A1=0.2876.")]
+    = None,
+    compression: Annotated[str, typer.Option(help="none | lzf")] = "none",
+    workers: Annotated[int, typer.Option(help="Sections prepared in parallel.")] = 1,
+    shard: Annotated[str | None, typer.Option(help="i/n: prepare every n-th section from i (cluster arrays).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Redo sections already in the cache.")] = False,
+) -> None:
+    """Read raw ST data, cut spot and region patches at one physical scale, and write the patch cache."""
+    from hifusion.data.prepare import prepare_sections
+    from hifusion.datasets import her2st_sample
+
+    written = prepare_sections(
+        fmt, root if root is not None else her2st_sample(), _sections(sections), out,
+        spot_um=spot_um, spot_px=spot_px, region_factor=region_factor,
+        mpp=_parse_mapping(mpp, "--mpp") or None, coord_scale=_parse_mapping(coord_scale, "--coord-scale") or None,
+        compression=None if compression == "none" else compression, overwrite=overwrite, progress=True,
+        workers=workers, shard=shard,
+    )
+    typer.echo(f"cache: {out} ({len(written)} section(s))")
+
+
+ConfigArg = Annotated[Path, typer.Argument(help="YAML config (see configs/).")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a config key: train.epochs=5.")]
+OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Results folder (default: output/name).")]
+ResumeOpt = Annotated[bool, typer.Option(help="Continue an interrupted run in the same folder.")]
+
+
+def _print_summary(result: object) -> None:
+    from hifusion.evaluate.report import summary_table
+
+    typer.echo(summary_table(result.metrics))  # type: ignore[attr-defined]
+    typer.echo(f"\nreport: {result.report}  ({result.seconds / 60:.1f} min)")  # type: ignore[attr-defined]
+
+
+@app.command()
+def train(config: ConfigArg, out: OutOpt = None, resume: ResumeOpt = False, set_: SetOpt = None) -> None:
+    """Train the config's model on its protocol's training sections and score the test sections.
+
+    The mean-profile floor is scored next to it on the same sections.
+    """
+    from hifusion.config import ModelConfig, load_config
+    from hifusion.evaluate.protocols import run_benchmark
+
+    cfg = load_config(config, set_)
+    models = [cfg.model] + ([] if cfg.model.name == "mean_profile" else [ModelConfig(name="mean_profile")])
+    result = run_benchmark(cfg, out or cfg.output / cfg.name, models=models, resume=resume, title="Training run")
+    _print_summary(result)
+
+
+@app.command()
+def benchmark(config: ConfigArg, out: OutOpt = None, resume: ResumeOpt = False, set_: SetOpt = None) -> None:
+    """Train and evaluate every model of the config on every split; write report.md, tables, maps."""
+    from hifusion.config import load_config
+    from hifusion.evaluate.protocols import run_benchmark
+
+    cfg = load_config(config, set_)
+    result = run_benchmark(cfg, out or cfg.output / cfg.name, resume=resume)
+    _print_summary(result)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Results folder.")] = Path("hifusion-demo"),
+    resume: ResumeOpt = False,
+    set_: SetOpt = None,
+) -> None:
+    """The 3D protocol on the HER2ST sample shipped in the package (train C2, test C3, C4), CPU profile."""
+    from hifusion.config import load_config
+    from hifusion.evaluate.protocols import run_benchmark
+
+    cfg = load_config(Path(__file__).parent / "configs" / "demo.yaml", set_)
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise HifusionError("results folder exists; pass --resume to reuse it or choose another --out", out)
+    cfg.data.cache = out / "cache"
+    result = run_benchmark(cfg, out / "report", resume=resume, command="hifusion demo", title="hifusion demo")
+    _print_summary(result)
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit code 2."""
+    try:
+        app()
+    except HifusionError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+"""One typed, validated configuration object for `train`, `benchmark`, `ablate` and `demo`, loadable from YAML.
+
+Relative paths are resolved against the working directory the command is run from. Every run writes the
+resolved configuration next to its outputs so that it can be redone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from hifusion import constants as C
+from hifusion.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    """Unknown keys are errors: a typo in a config must never be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PrepareConfig(_Strict):
+    """How to build the patch cache from raw data (the `prepare` command's options)."""
+
+    format: str = "her2st"
+    root: Path | None = None  # None: the HER2ST sample shipped inside the package
+    sections: list[str] | None = None  # None: every section found under root
+    spot_um: float = Field(C.DEFAULT_SPOT_UM, gt=0)
+    spot_px: int = Field(C.DEFAULT_SPOT_PX, gt=0)
+    region_factor: float = Field(C.DEFAULT_REGION_FACTOR, ge=1.0)
+    mpp: dict[str, float] = Field(default_factory=dict)
+    coord_scale: dict[str, float] = Field(default_factory=dict)
+    compression: Literal["none", "lzf"] = "none"
+
+
+class GenesConfig(_Strict):
+    """Gene panel, always chosen on training sections only."""
+
+    method: Literal["top_mean", "hvg", "file"] = "top_mean"
+    n: int = Field(250, gt=0)
+    file: Path | None = None
+    zero_fill: bool = False
+
+    @model_validator(mode="after")
+    def _file_needed(self) -> GenesConfig:
+        if self.method == "file" and self.file is None:
+            raise ValueError("genes.method 'file' needs genes.file (one gene per line)")
+        return self
+
+
+class DataConfig(_Strict):
+    cache: Path
+    prepare: PrepareConfig | None = None  # when given, the cache is (re)used or built before training
+    genes: GenesConfig = Field(default_factory=GenesConfig)
+    label: Literal["logprop", "log1p_cpm"] = "logprop"
+    drop_low_counts: bool = False  # spots under 100 counts are kept by default (flagged in obs)
+    normalise: Literal["patch", "dataset"] = "patch"
+    region_factor: float | None = Field(None, ge=1.0)  # None: the cache's; smaller values centre-crop the region
+
+
+class ValConfig(_Strict):
+    """Validation carved from the training sections only (never from test sections)."""
+
+    mode: Literal["none", "spatial_block", "sections"] = "none"
+    fraction: float = Field(0.2, gt=0, lt=1)
+    sections: list[str] = Field(default_factory=list)
+    early_stopping_patience: int | None = Field(None, gt=0)
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(50, gt=0)
+    batch_size: int = Field(32, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    min_lr: float = Field(1e-6, ge=0)
+    weight_decay: float = Field(1e-5, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    augment: bool = True
+    seed: int = 0
+    accelerator: str = "auto"
+    devices: int | str = 1
+    num_nodes: int = Field(1, gt=0)
+    strategy: str = "auto"
+    precision: str = "auto"  # auto: bf16/16-mixed on CUDA, 32 on CPU
+    num_workers: int = Field(-1, ge=-1)  # -1: chosen from the machine
+    channels_last: bool = True
+    compile: bool = False
+    threads: int | None = Field(None, gt=0)  # torch intra-op threads on CPU; None: torch's default
+    val: ValConfig = Field(default_factory=ValConfig)
+
+
+class ModelConfig(_Strict):
+    name: str = "hifusion"
+    label: str | None = None  # how the model is named in reports (default: name)
+    options: dict[str, Any] = Field(default_factory=dict)
+    train: dict[str, Any] = Field(default_factory=dict)  # per-model overrides of the train section
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
+
+
+class ProtocolConfig(_Strict):
+    """Which sections train and which test. `fixed` is one split; the others produce several."""
+
+    name: Literal["fixed", "3d", "2d", "loso"] = "fixed"
+    train: list[str] = Field(default_factory=list)
+    test: list[str] = Field(default_factory=list)
+    folds: list[list[str]] | None = None  # 2d: patient groups per fold; None = made automatically
+    k: int = Field(4, gt=1)
+    patients: list[str] | None = None  # restrict 3d/2d to these patients
+
+    @model_validator(mode="after")
+    def _fixed_needs_sections(self) -> ProtocolConfig:
+        if self.name == "fixed" and (not self.train or not self.test):
+            raise ValueError("protocol 'fixed' needs both protocol.train and protocol.test sections")
+        if self.name == "fixed" and set(self.train) & set(self.test):
+            raise ValueError(f"sections in both train and test: {sorted(set(self.train) & set(self.test))}")
+        return self
+
+
+class Config(_Strict):
+    name: str = "run"
+    output: Path = Path("runs")
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    models: list[ModelConfig] | None = None  # benchmark: the models compared (mean_profile is always added)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    protocol: ProtocolConfig = Field(default_factory=lambda: ProtocolConfig(name="3d"))
+
+    @field_validator("models")
+    @classmethod
+    def _unique_labels(cls, v: list[ModelConfig] | None) -> list[ModelConfig] | None:
+        if v is not None:
+            labels = [m.display for m in v]
+            dup = sorted({x for x in labels if labels.count(x) > 1})
+            if dup:
+                raise ValueError(f"models share the label(s) {dup}; give each a distinct 'label'")
+        return v
+
+    def benchmark_models(self) -> list[ModelConfig]:
+        """The models a benchmark runs: the configured list, with the mean-profile floor always included."""
+        models = list(self.models) if self.models else [self.model]
+        if not any(m.name == "mean_profile" for m in models):
+            models.append(ModelConfig(name="mean_profile"))
+        return models
+
+    def train_for(self, model: ModelConfig) -> TrainConfig:
+        """The train section with a model's own overrides applied (validated again)."""
+        if not model.train:
+            return self.train
+        merged = {**self.train.model_dump(), **model.train}
+        try:
+            return TrainConfig.model_validate(merged)
+        except ValidationError as exc:
+            raise ConfigError(f"model '{model.display}' train overrides: {_first_error(exc)}") from exc
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _first_error(exc: ValidationError) -> str:
+    errs = exc.errors()
+    parts = []
+    for e in errs[:3]:
+        loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
+        parts.append(f"{loc}: {e['msg']}")
+    more = f" (+{len(errs) - 3} more)" if len(errs) > 3 else ""
+    return "; ".join(parts) + more
+
+
+def parse_config(data: dict[str, Any], source: str | Path | None = None) -> Config:
+    """Validate a config mapping; problems become one ConfigError naming the file and the key."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid config: {_first_error(exc)}", source) from exc
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config; `overrides` are `dotted.key=value` strings (value parsed as YAML)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("config file not found", path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"not valid YAML ({exc.__class__.__name__})", path) from exc
+    if not isinstance(data, dict):
+        raise ConfigError("a config must be a mapping of sections (data, model, train, protocol)", path)
+    for item in overrides or []:
+        apply_override(data, item, path)
+    return parse_config(data, path)
+
+
+def apply_override(data: dict[str, Any], item: str, source: str | Path | None = None) -> None:
+    """Set `a.b.c=value` in a nested mapping, creating intermediate mappings."""
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' must look like key.path=value", source)
+    key, raw = item.split("=", 1)
+    node = data
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        nxt = node.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"override '{item}': '{p}' is not a section", source)
+        node = nxt
+    node[parts[-1]] = yaml.safe_load(raw)

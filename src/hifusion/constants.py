@@ -1,0 +1,93 @@
+"""Every AnnData key, HDF5 field and file-name convention of the package, in one place.
+
+Readers, the patch cache, training and prediction all import names from here so that a file written by one
+part is read by another without string literals drifting apart.
+"""
+
+from __future__ import annotations
+
+# ----------------------------------------------------------------------------------------------- cache file names
+H5AD_SUFFIX = ".h5ad"
+PATCHES_SUFFIX = ".patches.h5"
+CACHE_MANIFEST = "cache.json"  # parameters a cache folder was made with (reuse with others is an error)
+
+# ------------------------------------------------------------------------------------------------------ obs keys
+OBS_SECTION = "section"
+OBS_PATIENT = "patient"
+OBS_ARRAY_X = "array_x"
+OBS_ARRAY_Y = "array_y"
+OBS_NEW_X = "new_x"
+OBS_NEW_Y = "new_y"
+OBS_AT_BORDER = "at_border"
+OBS_TOTAL_COUNTS = "total_counts"
+OBS_LOW_COUNTS = "low_counts"
+LOW_COUNTS_THRESHOLD = 100
+
+# ----------------------------------------------------------------------------------------------- var/obsm/uns keys
+VAR_GENE_IDS = "gene_ids"
+OBSM_SPATIAL = "spatial"  # spot centres, full-resolution image pixels (x, y)
+UNS_SPATIAL = "spatial"
+UNS_HIRES = "hires"
+UNS_HIRES_SCALEF = "tissue_hires_scalef"
+UNS_SPOT_DIAMETER = "spot_diameter_fullres"
+UNS_HIFUSION = "hifusion"  # our own metadata: mpp, image path, source format, coordinate scale
+HIRES_MAX_SIDE = 2000
+
+# -------------------------------------------------------------------------------------------- patch file (HEST-like)
+H5_IMG = "img"
+H5_COORDS = "coords"  # integer top-left corner of the region patch, full-resolution pixels
+H5_BARCODE = "barcode"
+H5_ATTR_PIXEL_SIZE = "pixel_size"  # um/px of the stored patches
+H5_ATTR_SPOT_PX = "spot_px"
+H5_ATTR_REGION_PX = "region_px"
+H5_ATTR_SPOT_UM = "spot_um"
+H5_ATTR_REGION_FACTOR = "region_factor"
+H5_ATTR_IMAGE_MPP = "image_mpp"
+H5_ATTR_SECTION = "section"
+H5_ATTR_PAD_COLOUR = "pad_colour"
+
+# ------------------------------------------------------------------------------------------ physical defaults
+DEFAULT_SPOT_UM = 154.6  # 224 px at ~0.69 um/px: the paper's spot field of view on HER2ST
+DEFAULT_SPOT_PX = 224
+CPU_SPOT_PX = 112
+DEFAULT_REGION_FACTOR = 2.0
+LEGACY_ST_PITCH_UM = 200.0  # centre-to-centre distance of neighbouring legacy ST array positions
+LEGACY_ST_SPOT_DIAMETER_UM = 100.0
+VISIUM_SPOT_DIAMETER_UM = 55.0
+
+# ------------------------------------------------------------------------------------------------- HER2ST layout
+HER2ST_COUNTS_DIR = "ST-cnts"
+HER2ST_SPOTS_DIR = "ST-spotfiles"
+HER2ST_IMAGES_DIR = "ST-imgs"
+HER2ST_COUNTS_PATTERN = "{section}.tsv.gz"
+HER2ST_SPOTS_PATTERN = "{section}_selection.tsv"
+
+# ------------------------------------------------------------------------------------------------- ST-Net layout
+STNET_IMAGE_PATTERN = "{patient}_{section}.jpg"
+STNET_COUNTS_PATTERN = "{patient}_{section}.tsv.gz"
+STNET_SPOTS_PATTERN = "{patient}_{section}.spots.txt"
+STNET_TUMOUR_PATTERN = "{patient}_{section}_Coords.tsv"
+
+# -------------------------------------------------------------------------------------------- Visium Space Ranger
+VISIUM_MATRIX_H5 = "filtered_feature_bc_matrix.h5"
+VISIUM_SPATIAL_DIR = "spatial"
+VISIUM_POSITIONS = "tissue_positions.csv"
+VISIUM_POSITIONS_LEGACY = "tissue_positions_list.csv"
+VISIUM_SCALEFACTORS = "scalefactors_json.json"
+
+# --------------------------------------------------------------------------------------------------- HEST-1k
+HEST_PIXEL_SIZE_KEY = "pixel_size_um_estimated"
+
+# ------------------------------------------------------------------------------------------------- run folders
+RUN_CONFIG = "config.yaml"  # resolved config written next to every run's outputs
+RUN_METRICS = "metrics.csv"
+CKPT_LAST = "last.ckpt"
+CKPT_BEST = "best.ckpt"
+CKPT_DIR = "checkpoints"
+
+# ---------------------------------------------------------------------------------------------- marker genes
+MARKER_GENES = ("ERBB2", "KRT19", "CD74", "TMSB10", "FASN", "GNAS")
+
+# ------------------------------------------------------------------------------------------------ report files
+REPORT_MD = "report.md"  # the benchmark's human-readable summary
+PER_GENE_CSV = "per_gene.csv"  # per model, section and gene: pcc, mse, mae

@@ -1,0 +1,146 @@
+"""Torch datasets over the patch cache.
+
+Randomness (shuffling and augmentation) is a pure function of (seed, epoch, index): a run resumed from an
+end-of-epoch checkpoint replays exactly the batches the uninterrupted run would have seen, whatever the number
+of DataLoader workers or ranks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+
+def centre_crop(img: np.ndarray, side: int) -> np.ndarray:
+    """Centre `side` x `side` crop of an (H, W, C) patch; the spot patch is the centre of the region patch."""
+    h, w = img.shape[:2]
+    if side > h or side > w:
+        raise ValueError(f"cannot crop {side} px from a {h}x{w} patch")
+    top, left = (h - side) // 2, (w - side) // 2
+    return img[top : top + side, left : left + side]
+
+
+def augment_d4(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random horizontal flip, vertical flip and 90-degree rotation (the dihedral group of the square)."""
+    if rng.random() < 0.5:
+        img = img[:, ::-1]
+    if rng.random() < 0.5:
+        img = img[::-1, :]
+    k = int(rng.integers(0, 4))
+    if k:
+        img = np.rot90(img, k, axes=(0, 1))
+    return img
+
+
+def encode_epoch_index(epoch: int, index: int, n: int) -> int:
+    """Samplers pass the epoch to the dataset inside the index, so persistent workers need no shared state."""
+    return epoch * n + index
+
+
+class SpotDataset(Dataset):
+    """Spots of one or more sections: uint8 (spot, region) patches and float labels.
+
+    Patches stay uint8 until they reach the device, where the training module converts and normalises them:
+    a quarter of the bytes through the loader and the host-to-device copy.
+    """
+
+    def __init__(
+        self,
+        patches: Sequence[Any],
+        rows: Sequence[np.ndarray],
+        labels: Sequence[np.ndarray] | None,
+        *,
+        spot_px: int,
+        region_px: int,
+        augment: bool = False,
+        seed: int = 0,
+    ) -> None:
+        if len(patches) != len(rows) or (labels is not None and len(labels) != len(rows)):
+            raise ValueError("patches, rows and labels must have one entry per section")
+        self.patches = list(patches)
+        self.section_of = np.concatenate([np.full(len(r), i, dtype=np.int64) for i, r in enumerate(rows)])
+        self.row_of = np.concatenate([np.asarray(r, dtype=np.int64) for r in rows])
+        self.labels = None if labels is None else np.concatenate([np.asarray(y, np.float32) for y in labels])
+        if self.labels is not None and len(self.labels) != len(self.row_of):
+            raise ValueError("labels must have one row per selected spot")
+        self.spot_px, self.region_px = int(spot_px), int(region_px)
+        if self.spot_px > self.region_px:
+            raise ValueError(f"spot patch ({spot_px} px) larger than region patch ({region_px} px)")
+        self.augment, self.seed = augment, seed
+
+    def __len__(self) -> int:
+        return len(self.row_of)
+
+    def __getitem__(self, key: int) -> dict[str, torch.Tensor]:
+        n = len(self)
+        epoch, index = divmod(int(key), n)
+        region = self.patches[self.section_of[index]].get(int(self.row_of[index]))
+        if region.shape[0] != self.region_px:
+            region = centre_crop(region, self.region_px)
+        if self.augment:
+            region = augment_d4(region, np.random.default_rng([self.seed, epoch, index]))
+        spot = centre_crop(region, self.spot_px)  # same transform as the region: the spot is its centre
+        item = {
+            "spot": torch.from_numpy(np.ascontiguousarray(spot.transpose(2, 0, 1))),
+            "region": torch.from_numpy(np.ascontiguousarray(region.transpose(2, 0, 1))),
+            "index": torch.tensor(index, dtype=torch.long),
+        }
+        if self.labels is not None:
+            item["y"] = torch.from_numpy(self.labels[index])
+        return item
+
+
+class EpochSampler(Sampler[int]):
+    """Seeded shuffling that is a function of (seed, epoch), sharded over ranks like DistributedSampler.
+
+    Yields encoded (epoch, index) keys for `SpotDataset`. Lightning calls `set_epoch` at each epoch start.
+    Without shuffling (evaluation) every index appears once in order; with several ranks the last shard is
+    padded by repeating the first indices, as DistributedSampler does (evaluation gathers and de-duplicates by index).
+    """
+
+    def __init__(self, n: int, *, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        self.n, self.shuffle, self.seed = n, shuffle, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+        self.per_rank = math.ceil(n / world_size) if n else 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        else:
+            order = np.arange(self.n)
+        total = self.per_rank * self.world_size
+        if total > self.n:
+            order = np.concatenate([order, order[: total - self.n]])
+        mine = order[self.rank : total : self.world_size]
+        epoch = self.epoch if self.shuffle else 0
+        return iter(encode_epoch_index(epoch, int(i), self.n) for i in mine)
+
+
+def patch_mean_std(patches: Sequence[Any], rows: Sequence[np.ndarray], side: int) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std (0-1 scale) of the centre `side` crops over training spots: dataset normalisation."""
+    total = np.zeros(3)
+    total_sq = np.zeros(3)
+    count = 0
+    for pf, rr in zip(patches, rows, strict=True):
+        for r in rr:
+            x = centre_crop(pf.get(int(r)), side).reshape(-1, 3).astype(np.float64) / 255.0
+            total += x.sum(0)
+            total_sq += (x**2).sum(0)
+            count += len(x)
+    if count == 0:
+        raise ValueError("no training patches to compute normalisation statistics from")
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
+    return mean.tolist(), std.tolist()

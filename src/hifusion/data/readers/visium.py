@@ -1,0 +1,166 @@
+"""10x Visium Space Ranger output: outs/filtered_feature_bc_matrix.h5, outs/spatial/, a full-resolution image.
+
+um/px = 55 um / spot_diameter_fullres (Visium spots are 55 um wide). Only in-tissue spots are kept.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from hifusion.constants import (
+    VISIUM_MATRIX_H5,
+    VISIUM_POSITIONS,
+    VISIUM_POSITIONS_LEGACY,
+    VISIUM_SCALEFACTORS,
+    VISIUM_SPATIAL_DIR,
+    VISIUM_SPOT_DIAMETER_UM,
+)
+from hifusion.data.readers._common import IMAGE_SUFFIXES, join_spots, read_table
+from hifusion.data.section import Section
+from hifusion.errors import InputError
+
+FORMAT = "visium"
+POSITION_COLUMNS = ["barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres", "pxl_col_in_fullres"]
+
+
+def _outs(folder: Path) -> Path | None:
+    """The Space Ranger outs folder at or under `folder`, if any."""
+    for cand in (folder, folder / "outs"):
+        if (cand / VISIUM_MATRIX_H5).is_file():
+            return cand
+    return None
+
+
+def list_sections(root: Path) -> list[str]:
+    """One section when root is a Space Ranger output; else every sub-folder that is one."""
+    root = Path(root)
+    if _outs(root) is not None:
+        return [root.parent.name if root.name == "outs" else root.name]
+    found = sorted(p.name for p in root.iterdir() if p.is_dir() and _outs(p) is not None) if root.is_dir() else []
+    if not found:
+        raise InputError(f"no Space Ranger output found (expected {VISIUM_MATRIX_H5} in outs/)", root)
+    return found
+
+
+def _section_outs(root: Path, section: str) -> Path:
+    root = Path(root)
+    for cand in (root / section, root):
+        outs = _outs(cand)
+        if outs is not None:
+            return outs
+    raise InputError(f"no {VISIUM_MATRIX_H5} for section {section}", root)
+
+
+def read_10x_h5(path: Path) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray, np.ndarray]:
+    """Counts (barcodes x genes CSR), barcodes, gene names, gene ids from a 10x HDF5 matrix (v3 or v2 layout)."""
+    try:
+        with h5py.File(path, "r") as f:
+            if "matrix" in f:
+                g = f["matrix"]
+                feats = g["features"]
+                names = feats["name"][:].astype(str)
+                ids = feats["id"][:].astype(str)
+                ftype = feats["feature_type"][:].astype(str) if "feature_type" in feats else None
+            else:
+                g = f[next(iter(f.keys()))]
+                names, ids, ftype = g["gene_names"][:].astype(str), g["genes"][:].astype(str), None
+            n_genes, n_bc = (int(v) for v in g["shape"][:])
+            mat = sp.csr_matrix(
+                (g["data"][:].astype(np.float32), g["indices"][:], g["indptr"][:]), shape=(n_bc, n_genes)
+            )
+            barcodes = g["barcodes"][:].astype(str)
+    except (OSError, KeyError, StopIteration, ValueError) as exc:
+        raise InputError(f"not a readable 10x feature-barcode matrix ({exc})", path) from exc
+    if ftype is not None:
+        keep = ftype == "Gene Expression"
+        mat, names, ids = mat[:, keep], names[keep], ids[keep]
+    return mat.tocsr(), barcodes, names, ids
+
+
+def read_positions(spatial: Path) -> tuple[pd.DataFrame, Path]:
+    """tissue_positions.csv (with header) or the older headerless tissue_positions_list.csv."""
+    new, old = spatial / VISIUM_POSITIONS, spatial / VISIUM_POSITIONS_LEGACY
+    if new.is_file():
+        df, path = read_table(new), new
+    elif old.is_file():
+        df, path = read_table(old, header=None), old
+        if df.shape[1] != len(POSITION_COLUMNS):
+            raise InputError(f"expected {len(POSITION_COLUMNS)} columns {POSITION_COLUMNS}", old)
+        df.columns = POSITION_COLUMNS
+    else:
+        raise InputError(f"no {VISIUM_POSITIONS} or {VISIUM_POSITIONS_LEGACY}", spatial)
+    missing = [c for c in POSITION_COLUMNS if c not in df.columns]
+    if missing:
+        raise InputError(f"missing column(s) {missing}", path)
+    return df.set_index(df["barcode"].astype(str)), path
+
+
+def find_image(outs: Path) -> Path:
+    """The full-resolution image in outs/ or beside it; several or none means the user must pass `image=`."""
+    found: list[Path] = []
+    for folder in (outs, outs.parent):
+        found += [p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        if found:
+            break
+    if len(found) != 1:
+        what = "no full-resolution image" if not found else f"several images ({[p.name for p in found]})"
+        raise InputError(f"{what} found beside the Space Ranger output; pass the image path (--image)", outs)
+    return found[0]
+
+
+def read(
+    root: Path,
+    section: str,
+    *,
+    mpp: float | None = None,
+    coord_scale: float | None = None,
+    patient: str | None = None,
+    image: Path | None = None,
+) -> Section:
+    """Read one Visium section (in-tissue spots only)."""
+    outs = _section_outs(Path(root), section)
+    matrix_path = outs / VISIUM_MATRIX_H5
+    spatial = outs / VISIUM_SPATIAL_DIR
+    pos, pos_path = read_positions(spatial)
+    sf_path = spatial / VISIUM_SCALEFACTORS
+    if not sf_path.is_file():
+        raise InputError("scale factors file not found", sf_path)
+    try:
+        scalefactors = json.loads(sf_path.read_text())
+        diameter = float(scalefactors["spot_diameter_fullres"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"no usable spot_diameter_fullres ({exc})", sf_path) from exc
+    image_path = Path(image) if image else find_image(outs)
+
+    counts, barcodes, names, ids = read_10x_h5(matrix_path)
+    pos = pos[pos["in_tissue"] == 1]
+    rows = join_spots(pd.Index(barcodes), pos.index, matrix_path, pos_path)
+    counts, barcodes = counts[rows], barcodes[rows]
+    pos = pos.loc[barcodes]
+    scale = 1.0 if coord_scale is None else float(coord_scale)
+    centers = pos[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(dtype=np.float64) * scale
+    diameter_px = diameter * scale
+    use_mpp = float(mpp) if mpp is not None else VISIUM_SPOT_DIAMETER_UM / diameter_px
+    return Section(
+        section_id=section,
+        patient=patient or section,
+        counts=counts,
+        barcodes=barcodes,
+        genes=names,
+        gene_ids=ids,
+        centers_px=centers,
+        mpp=use_mpp,
+        image_path=image_path,
+        array_xy=pos[["array_col", "array_row"]].to_numpy(dtype=np.int64),
+        new_xy=None,
+        spot_diameter_px=diameter_px,
+        source_format=FORMAT,
+        meta={"coord_scale": scale, "mpp_source": "override" if mpp is not None else "spot_diameter_fullres"},
+        files={"counts": matrix_path, "spots": pos_path, "image": image_path, "scalefactors": sf_path},
+    )

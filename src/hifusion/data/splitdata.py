@@ -1,0 +1,167 @@
+"""Everything one (train, test) split needs, derived from its training sections only.
+
+The gene panel, any label statistics, the 50 most variable genes and dataset normalisation statistics are all
+computed on training spots; test sections contribute nothing but their own labels, which only scoring reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hifusion import constants as C
+from hifusion.config import DataConfig, ValConfig
+from hifusion.data.splits import Split, spatial_block_split
+from hifusion.errors import ConfigError
+
+
+@dataclass
+class SplitData:
+    split: Split
+    panel: list[str]
+    label: str
+    adatas: dict[str, Any]
+    patches: dict[str, Any]
+    rows: dict[str, np.ndarray]  # spot rows used per section (all, or those above the low-count threshold)
+    labels: dict[str, np.ndarray]  # (len(rows), G) per section
+    train_rows: dict[str, np.ndarray]  # rows of training sections used for fitting
+    val_rows: dict[str, np.ndarray]  # rows held out for validation (training sections only)
+    spot_px: int
+    region_px: int
+    pixel_size: float
+    normalise: str = "patch"
+    top50: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    @property
+    def train_sections(self) -> list[str]:
+        return self.split.train
+
+    @property
+    def test_sections(self) -> list[str]:
+        return self.split.test
+
+    def label_rows(self, section: str, rows: np.ndarray) -> np.ndarray:
+        """Labels of the given cache rows of a section."""
+        pos = np.searchsorted(self.rows[section], rows)
+        return self.labels[section][pos]
+
+    def train_labels(self) -> np.ndarray:
+        return np.concatenate([self.label_rows(s, r) for s, r in self.train_rows.items() if len(r)])
+
+
+def cache_patients(cache: Path) -> dict[str, str]:
+    """Section -> patient for every section in a cache (read from each .h5ad's obs, without loading X)."""
+    import anndata as ad
+
+    from hifusion.data.prepare import cache_sections
+
+    out = {}
+    for s in cache_sections(cache):
+        a = ad.read_h5ad(Path(cache) / f"{s}{C.H5AD_SUFFIX}", backed="r")
+        try:
+            out[s] = str(a.obs[C.OBS_PATIENT].iloc[0]) if C.OBS_PATIENT in a.obs and a.n_obs else s
+        finally:
+            a.file.close()
+    return out
+
+
+def load_split(
+    cache: Path,
+    split: Split,
+    data_cfg: DataConfig,
+    val_cfg: ValConfig,
+    *,
+    seed: int = 0,
+    region_factor: float | None = None,
+    spot_px: int | None = None,
+) -> SplitData:
+    """Load the cache sections of a split, choose the panel on training sections and build labels."""
+    from hifusion.data.genes import make_labels, select_panel
+    from hifusion.data.prepare import load_cache
+
+    sections = list(dict.fromkeys(split.train + split.val + split.test))
+    adatas, patches = {}, {}
+    for s in sections:
+        adatas[s], patches[s] = load_cache(cache, s)
+    first = patches[sections[0]]
+    stored_region, stored_spot = int(first.region_px), int(first.spot_px)
+    for s in sections[1:]:
+        if (int(patches[s].region_px), int(patches[s].spot_px)) != (stored_region, stored_spot):
+            raise ConfigError(f"section {s} was prepared at another patch size than {sections[0]}", cache)
+    spot = int(spot_px or stored_spot)
+    if spot != stored_spot:
+        raise ConfigError(f"the cache holds {stored_spot} px spot patches, not {spot}; prepare another cache", cache)
+    factor = region_factor or data_cfg.region_factor
+    region = stored_region if factor is None else int(round(spot * factor / 2.0) * 2)
+    if region > stored_region:
+        raise ConfigError(
+            f"region factor {factor} needs {region} px region patches; the cache holds {stored_region} px. "
+            "Prepare the cache with a larger --region-factor",
+            cache,
+        )
+
+    panel = select_panel(
+        [adatas[s] for s in split.train],
+        method=data_cfg.genes.method,
+        n=data_cfg.genes.n,
+        gene_file=data_cfg.genes.file,
+    )
+    rows, labels = {}, {}
+    for s in sections:
+        a = adatas[s]
+        keep = np.arange(a.n_obs)
+        if data_cfg.drop_low_counts and C.OBS_LOW_COUNTS in a.obs:
+            keep = np.flatnonzero(~a.obs[C.OBS_LOW_COUNTS].to_numpy(bool))
+        rows[s] = keep
+        labels[s] = make_labels(a[keep], panel, transform=data_cfg.label, zero_fill=data_cfg.genes.zero_fill)
+
+    train_rows: dict[str, np.ndarray] = {}
+    val_rows: dict[str, np.ndarray] = {}
+    for s in split.train:
+        train_rows[s] = rows[s]
+    for s in split.val:
+        val_rows[s] = rows[s]
+    if val_cfg.mode == "spatial_block":
+        for s in split.train:
+            coords = np.asarray(adatas[s].obsm[C.OBSM_SPATIAL])[rows[s]]
+            tr, va = spatial_block_split(coords, val_cfg.fraction, seed)
+            train_rows[s], val_rows[s] = rows[s][tr], rows[s][va]
+    elif val_cfg.mode == "sections" and not split.val:
+        raise ConfigError("train.val.mode 'sections' needs train.val.sections (whole training sections)")
+
+    data = SplitData(
+        split=split,
+        panel=panel,
+        label=data_cfg.label,
+        adatas=adatas,
+        patches=patches,
+        rows=rows,
+        labels=labels,
+        train_rows=train_rows,
+        val_rows=val_rows,
+        spot_px=spot,
+        region_px=region,
+        pixel_size=float(first.pixel_size),
+        normalise=data_cfg.normalise,
+    )
+    from hifusion.evaluate.metrics import top_variable_genes
+
+    data.top50 = np.asarray(top_variable_genes(data.train_labels(), k=min(50, len(panel))))
+    return data
+
+
+def with_validation_sections(split: Split, val_cfg: ValConfig) -> Split:
+    """Move configured whole training sections into the split's validation set (never test sections)."""
+    if val_cfg.mode != "sections":
+        return split
+    bad = [s for s in val_cfg.sections if s in split.test]
+    if bad:
+        raise ConfigError(f"validation sections {bad} are test sections of split {split.name}")
+    val = [s for s in val_cfg.sections if s in split.train]
+    train = [s for s in split.train if s not in val]
+    if not train:
+        raise ConfigError(f"split {split.name}: validation sections leave no training section")
+    return Split(split.name, train, split.test, val)

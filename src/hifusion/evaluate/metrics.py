@@ -1,0 +1,173 @@
+"""Per-section metrics of predicted expression (DESIGN sections 4 and 8), identical to ``shared/tools/anchors.py``.
+
+Conventions, shared by PCC-gene (per gene, across the spots of a section) and PCC-spot (per spot, across genes):
+
+- a vector whose TRUTH is constant has no defined correlation: it is excluded from the average and counted
+  (``n_const_genes`` / ``n_const_spots``). "Constant" means all values identical (peak-to-peak 0); this is the exact
+  form of anchors.py's ``std() > 0`` test, which can be fooled by rounding (``np.std([0.1] * 3)`` is 1.4e-17).
+- a constant PREDICTION for a varying truth scores 0 (not excluded): a model that predicts no pattern gets no
+  credit. "Constant" here is anchors.py's rule, ``std < 1e-12`` (or peak-to-peak 0).
+- when every vector is excluded (e.g. a one-spot section for PCC-gene) the average is reported as 0.0, never NaN.
+
+Everything is computed in float64 and every output is finite; non-finite inputs are rejected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+PRED_CONST_STD = 1e-12  # anchors.py: a prediction with a smaller std scores 0
+
+# Keys of `section_metrics`; the long-format metrics tables use these names in their `metric` column.
+MSE = "mse"
+MAE = "mae"
+PCC_SPOT = "pcc_spot"
+PCC_GENE = "pcc_gene"
+PCC_GENE_TOP50 = "pcc_gene_top50"
+N_SPOTS = "n_spots"
+N_GENES = "n_genes"
+N_CONST_GENES = "n_const_genes"
+N_CONST_SPOTS = "n_const_spots"
+SCORE_KEYS = (MSE, MAE, PCC_SPOT, PCC_GENE, PCC_GENE_TOP50)
+TOP_VARIABLE_K = 50
+
+
+def _as_pair(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Validate two (spots, genes) matrices and return float64 copies; a silent NaN would corrupt every average."""
+    p = np.asarray(pred, dtype=np.float64)
+    t = np.asarray(truth, dtype=np.float64)
+    if p.ndim != 2 or t.ndim != 2:
+        raise ValueError(f"expected 2-D (spots, genes) arrays, got shapes {p.shape} and {t.shape}")
+    if p.shape != t.shape:
+        raise ValueError(f"prediction shape {p.shape} differs from truth shape {t.shape}")
+    if p.size == 0:
+        raise ValueError(f"empty arrays (shape {p.shape}): nothing to score")
+    if not np.isfinite(p).all():
+        raise ValueError("prediction contains NaN or infinite values")
+    if not np.isfinite(t).all():
+        raise ValueError("truth contains NaN or infinite values")
+    return p, t
+
+
+def _pcc_axis0(p: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pearson r of each column pair of two float64 matrices, with the module's conventions; returns (r, const)."""
+    const_truth = np.ptp(t, axis=0) == 0
+    pc = p - p.mean(axis=0)
+    tc = t - t.mean(axis=0)
+    n = p.shape[0]
+    ss_p = (pc * pc).sum(axis=0)
+    ss_t = (tc * tc).sum(axis=0)
+    const_pred = (np.ptp(p, axis=0) == 0) | (np.sqrt(ss_p / n) < PRED_CONST_STD)
+    den = np.sqrt(ss_p * ss_t)
+    ok = ~const_truth & ~const_pred & (den > 0) & np.isfinite(den)
+    r = np.zeros(p.shape[1], dtype=np.float64)
+    r[ok] = (pc[:, ok] * tc[:, ok]).sum(axis=0) / den[ok]
+    np.clip(r, -1.0, 1.0, out=r)  # like np.corrcoef: rounding can overshoot 1 by an ulp
+    return r, const_truth
+
+
+def pcc_columns(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pearson r per column (gene, across spots). Returns (r, const_truth); r is 0.0 where const_truth is True.
+
+    Callers average ``r[~const_truth]``: excluded genes must not pull the mean towards 0.
+    """
+    p, t = _as_pair(pred, truth)
+    return _pcc_axis0(p, t)
+
+
+def pcc_rows(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pearson r per row (spot, across genes). Returns (r, const_truth); r is 0.0 where const_truth is True."""
+    p, t = _as_pair(pred, truth)
+    return _pcc_axis0(p.T, t.T)
+
+
+def _mean_or_zero(x: np.ndarray) -> float:
+    """Mean of the included values; 0.0 when nothing is included (NaN is never reported)."""
+    return float(x.mean()) if x.size else 0.0
+
+
+def section_metrics(
+    pred: np.ndarray,
+    truth: np.ndarray,
+    genes: Sequence[str] | None = None,
+    hvg_top50_idx: Sequence[int] | np.ndarray | None = None,
+) -> dict[str, float | int]:
+    """All scores of one test section (spots x genes), for the per-section and Table-1 reports.
+
+    `hvg_top50_idx` are gene column indices chosen from TRAINING labels (`top_variable_genes`), never from the test
+    truth; when None the ``pcc_gene_top50`` key is omitted. `genes`, when given, only checks the gene count.
+    A one-spot section has every gene constant in its truth: ``pcc_gene`` is 0.0 with ``n_const_genes`` = all genes.
+    """
+    p, t = _as_pair(pred, truth)
+    n_spots, n_genes = t.shape
+    if genes is not None and len(genes) != n_genes:
+        raise ValueError(f"{len(genes)} gene names for {n_genes} gene columns")
+    diff = p - t
+    r_gene, const_gene = _pcc_axis0(p, t)
+    r_spot, const_spot = _pcc_axis0(p.T, t.T)
+    out: dict[str, float | int] = {
+        MSE: float((diff * diff).mean()),
+        MAE: float(np.abs(diff).mean()),
+        PCC_SPOT: _mean_or_zero(r_spot[~const_spot]),
+        PCC_GENE: _mean_or_zero(r_gene[~const_gene]),
+    }
+    if hvg_top50_idx is not None:
+        idx = np.asarray(hvg_top50_idx, dtype=np.int64).ravel()
+        if idx.size and (idx.min() < 0 or idx.max() >= n_genes):
+            raise ValueError(f"top-variable gene indices out of range for {n_genes} genes")
+        sel = np.zeros(n_genes, dtype=bool)
+        sel[idx] = True
+        out[PCC_GENE_TOP50] = _mean_or_zero(r_gene[sel & ~const_gene])
+    out.update(
+        {
+            N_SPOTS: int(n_spots),
+            N_GENES: int(n_genes),
+            N_CONST_GENES: int(const_gene.sum()),
+            N_CONST_SPOTS: int(const_spot.sum()),
+        }
+    )
+    return out
+
+
+def per_gene_metrics(pred: np.ndarray, truth: np.ndarray, genes: Sequence[str]) -> pd.DataFrame:
+    """One row per gene: gene, pcc, mse, mae, const_truth; feeds the marker table and the Wilcoxon tests.
+
+    A gene with constant truth has pcc 0.0 and const_truth True; aggregate its pcc only over rows where it is False.
+    """
+    p, t = _as_pair(pred, truth)
+    if len(genes) != t.shape[1]:
+        raise ValueError(f"{len(genes)} gene names for {t.shape[1]} gene columns")
+    r, const = _pcc_axis0(p, t)
+    diff = p - t
+    return pd.DataFrame(
+        {
+            "gene": [str(g) for g in genes],
+            "pcc": r,
+            "mse": (diff * diff).mean(axis=0),
+            "mae": np.abs(diff).mean(axis=0),
+            "const_truth": const,
+        }
+    )
+
+
+def top_variable_genes(train_labels: np.ndarray | Sequence[np.ndarray], k: int = TOP_VARIABLE_K) -> np.ndarray:
+    """Indices of the `k` genes with the largest variance across TRAINING spots (most variable first; ties by index).
+
+    A sequence of per-section label matrices is pooled first. Fewer than `k` genes returns all of them.
+    """
+    if isinstance(train_labels, np.ndarray):
+        y = np.asarray(train_labels, dtype=np.float64)
+    else:
+        y = np.vstack([np.asarray(a, dtype=np.float64) for a in train_labels])
+    if y.ndim != 2 or y.shape[0] == 0:
+        raise ValueError(f"expected non-empty 2-D (spots, genes) training labels, got shape {y.shape}")
+    if not np.isfinite(y).all():
+        raise ValueError("training labels contain NaN or infinite values")
+    if k < 1:
+        raise ValueError(f"k must be positive, got {k}")
+    var = y.var(axis=0)
+    order = np.lexsort((np.arange(var.size), -var))  # last key is primary: variance descending, then index
+    return order[:k].astype(np.int64)

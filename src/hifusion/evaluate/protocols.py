@@ -1,0 +1,228 @@
+"""The benchmark: every model on every split of a protocol, scored per test section, in one results folder.
+
+Rules that make the numbers trustworthy are enforced here and in `data.splitdata`: the panel and label statistics
+come from training sections; model selection (if any) uses validation carved from training sections; the
+mean-profile floor is always in the table; every figure is computed from predictions written to disk.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from hifusion import __version__
+from hifusion import constants as C
+from hifusion.config import Config, DataConfig, ModelConfig
+from hifusion.errors import ConfigError
+from hifusion.io import atomic_path, atomic_write_text
+
+DONE_FILE = "done.json"
+PRED_FILE = "predictions.npz"
+
+
+@dataclass
+class BenchmarkResult:
+    out: Path
+    metrics: pd.DataFrame
+    per_gene: pd.DataFrame
+    report: Path | None
+    seconds: float
+
+
+def ensure_cache(data_cfg: DataConfig, *, progress: bool = True) -> Path:
+    """Build (or reuse) the patch cache a config points to; reusing one made with other parameters is an error."""
+    cache = Path(data_cfg.cache)
+    if data_cfg.prepare is None:
+        if not cache.is_dir():
+            raise ConfigError("patch cache folder not found; run `hifusion prepare` or add data.prepare", cache)
+        return cache
+    from hifusion.data.prepare import prepare_sections
+    from hifusion.datasets import her2st_sample
+
+    p = data_cfg.prepare
+    root = p.root if p.root is not None else her2st_sample()
+    prepare_sections(
+        p.format, root, p.sections, cache,
+        spot_um=p.spot_um, spot_px=p.spot_px, region_factor=p.region_factor,
+        mpp=p.mpp or None, coord_scale=p.coord_scale or None,
+        compression=None if p.compression == "none" else p.compression,
+        overwrite=False, progress=progress,
+    )
+    return cache
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _save_predictions(path: Path, preds: dict[str, np.ndarray]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **preds)
+
+
+def _load_predictions(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def prediction_adata(data: Any, section: str, pred: np.ndarray) -> Any:
+    """Predictions of one section as AnnData with the spatial layout of the source, so scanpy plots it as is."""
+    import anndata as ad
+
+    src = data.adatas[section]
+    rows = data.rows[section]
+    out = ad.AnnData(X=pred.astype(np.float32), obs=src.obs.iloc[rows].copy(),
+                     var=pd.DataFrame(index=pd.Index(data.panel, name="gene")))
+    out.layers["truth"] = data.labels[section].astype(np.float32)
+    out.obsm[C.OBSM_SPATIAL] = np.asarray(src.obsm[C.OBSM_SPATIAL])[rows]
+    if C.UNS_SPATIAL in src.uns:
+        out.uns[C.UNS_SPATIAL] = src.uns[C.UNS_SPATIAL]
+    out.uns["label_transform"] = data.label
+    return out
+
+
+def run_benchmark(
+    cfg: Config,
+    out: Path,
+    *,
+    models: list[ModelConfig] | None = None,
+    resume: bool = False,
+    command: str | None = None,
+    figures: bool = True,
+    title: str = "Benchmark",
+) -> BenchmarkResult:
+    """Train and score `models` (default: the config's, plus the mean profile) on every split of the protocol."""
+    from hifusion.data.splitdata import cache_patients, load_split, with_validation_sections
+    from hifusion.data.splits import make_splits
+    from hifusion.evaluate.metrics import per_gene_metrics, section_metrics
+    from hifusion.train.fit import fit_and_predict
+
+    t0 = time.perf_counter()
+    models = models or cfg.benchmark_models()
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise ConfigError("results folder exists and is not empty; pass --resume to continue it, or pick --out", out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / C.RUN_CONFIG, cfg.to_yaml())
+
+    cache = ensure_cache(cfg.data)
+    patients = cache_patients(cache)
+    p = cfg.protocol
+    splits = make_splits(p.name, patients, train=p.train, test=p.test, folds=p.folds, k=p.k,
+                         only_patients=p.patients)
+    splits = [with_validation_sections(s, cfg.train.val) for s in splits]
+
+    metric_rows: list[dict[str, Any]] = []
+    gene_frames: list[pd.DataFrame] = []
+    curves: dict[str, pd.DataFrame] = {}
+    timings: list[dict[str, Any]] = []
+    panels: dict[str, list[str]] = {}
+    map_inputs: list[tuple[Any, str, dict[str, np.ndarray]]] = []
+    for split in splits:
+        data = load_split(cache, split, cfg.data, cfg.train.val, seed=cfg.train.seed)
+        panels[split.name] = data.panel
+        split_preds: dict[str, dict[str, np.ndarray]] = {s: {} for s in split.test}
+        for m in models:
+            mdir = out / "runs" / split.name / m.display
+            done = mdir / DONE_FILE
+            if resume and done.exists():
+                preds = _load_predictions(mdir / PRED_FILE)
+                info = json.loads(done.read_text())
+            else:
+                print(f"[hifusion] {split.name}: fitting {m.display} on {', '.join(split.train)}", file=sys.stderr)
+                res = fit_and_predict(m, cfg.train_for(m), data, mdir, resume=resume)
+                preds = res.predictions
+                _save_predictions(mdir / PRED_FILE, preds)
+                info = {"seconds": res.seconds, "checkpoint": str(res.checkpoint) if res.checkpoint else None,
+                        **res.info}
+                atomic_write_text(done, json.dumps(info, indent=2))
+            if (mdir / C.RUN_METRICS).exists():
+                curves[f"{m.display} ({split.name})"] = pd.read_csv(mdir / C.RUN_METRICS)
+            timings.append({"model": m.display, "split": split.name, "seconds": info.get("seconds")})
+            for s in split.test:
+                pred = preds[s]
+                truth = data.labels[s]
+                sm = section_metrics(pred, truth, hvg_top50_idx=data.top50)
+                for k, v in sm.items():
+                    metric_rows.append({"model": m.display, "split": split.name, "section": s, "metric": k,
+                                        "value": float(v)})
+                g = per_gene_metrics(pred, truth, data.panel)
+                g.insert(0, "section", s)
+                g.insert(0, "split", split.name)
+                g.insert(0, "model", m.display)
+                gene_frames.append(g)
+                split_preds[s][m.display] = pred
+                pdir = out / "predictions" / m.display
+                pdir.mkdir(parents=True, exist_ok=True)
+                with atomic_path(pdir / f"{s}{C.H5AD_SUFFIX}") as tmp:
+                    prediction_adata(data, s, pred).write_h5ad(tmp)
+        for s in split.test:
+            map_inputs.append((data, s, split_preds[s]))
+
+    metrics = pd.DataFrame(metric_rows)
+    per_gene = pd.concat(gene_frames, ignore_index=True) if gene_frames else pd.DataFrame()
+    from hifusion.evaluate.report import write_report, write_tables
+
+    write_tables(out, metrics, per_gene)
+    fig_paths: dict[str, list[Path]] = {}
+    if figures:
+        fig_paths = _figures(out, map_inputs, curves)
+    reference = next((m.display for m in models if m.name == "hifusion"), models[0].display)
+    seconds = time.perf_counter() - t0
+    run_meta = {
+        "title": title,
+        "command": command or " ".join(sys.argv),
+        "config": cfg.model_dump(mode="json"),
+        "protocol": p.name,
+        "splits": [{"name": s.name, "train": s.train, "val": s.val, "test": s.test} for s in splits],
+        "gene_panels": panels,
+        "label_transform": cfg.data.label,
+        "seeds": {"train": cfg.train.seed},
+        "models": [m.model_dump(mode="json") for m in models],
+        "timings": timings,
+        "seconds": seconds,
+        "package_version": __version__,
+        "git_commit": git_commit(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+    atomic_write_text(out / "run.json", json.dumps(run_meta, indent=2, default=str))
+    report = write_report(out, metrics, per_gene, reference=reference, figures=fig_paths, meta=run_meta)
+    return BenchmarkResult(out=out, metrics=metrics, per_gene=per_gene, report=report, seconds=seconds)
+
+
+def _figures(out: Path, map_inputs: list[tuple[Any, str, dict[str, np.ndarray]]],
+             curves: dict[str, pd.DataFrame]) -> dict[str, list[Path]]:
+    from hifusion.evaluate.plots import plot_marker_maps, plot_training_curves
+
+    figs: dict[str, list[Path]] = {"maps": [], "curves": []}
+    fig_dir = out / "figures"
+    fig_dir.mkdir(exist_ok=True)
+    for data, s, preds in map_inputs:
+        src = data.adatas[s]
+        spatial = src.uns.get(C.UNS_SPATIAL, {}).get(s, {})
+        thumb = spatial.get("images", {}).get(C.UNS_HIRES)
+        sf = spatial.get("scalefactors", {})
+        figs["maps"].append(plot_marker_maps(
+            fig_dir / f"maps_{s}.png", thumb, float(sf.get(C.UNS_HIRES_SCALEF, 1.0)),
+            np.asarray(src.obsm[C.OBSM_SPATIAL])[data.rows[s]], data.labels[s], preds,
+            genes=list(C.MARKER_GENES), panel=data.panel,
+            spot_diameter_px=float(sf.get(C.UNS_SPOT_DIAMETER, 100.0)),
+        ))
+    if curves:
+        figs["curves"].append(plot_training_curves(fig_dir / "training_curves.png", curves))
+    return figs

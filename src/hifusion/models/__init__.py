@@ -1,0 +1,23 @@
+"""Models: plain ``nn.Module``s built by name through the registry (``create_model``)."""
+
+from hifusion.models import baselines, hifusion  # noqa: F401  (import registers the models)
+from hifusion.models.encoders import Encoder, create_encoder, list_encoders, register_encoder
+from hifusion.models.hifusion import HiFusion, HiFusionOutput, hifusion_loss
+from hifusion.models.outputs import ModelOutput
+from hifusion.models.registry import ModelEntry, create_model, list_models, model_entry, register_model
+
+__all__ = [
+    "Encoder",
+    "HiFusion",
+    "HiFusionOutput",
+    "ModelEntry",
+    "ModelOutput",
+    "create_encoder",
+    "create_model",
+    "hifusion_loss",
+    "list_encoders",
+    "list_models",
+    "model_entry",
+    "register_encoder",
+    "register_model",
+]

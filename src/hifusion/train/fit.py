@@ -1,0 +1,303 @@
+"""Fit one registered model on one split and predict its test sections.
+
+Fitting strategies are looked up by the model's `input_kind` ("spot_region": trained with Lightning on batches of
+spots; "fit": closed-form estimators such as the mean profile), so a new model kind registers a fitter instead
+of adding branches here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from hifusion import __version__
+from hifusion import constants as C
+from hifusion.config import ModelConfig, TrainConfig
+from hifusion.data.datasets import EpochSampler, SpotDataset, patch_mean_std
+from hifusion.data.splitdata import SplitData
+from hifusion.errors import ConfigError
+
+
+@dataclass
+class FitResult:
+    """What the benchmark needs from a fitted model."""
+
+    predictions: dict[str, np.ndarray]  # test section -> (n_spots, G)
+    history: pd.DataFrame | None = None  # per-epoch metrics
+    checkpoint: Path | None = None
+    seconds: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+Fitter = Callable[[torch.nn.Module, ModelConfig, TrainConfig, SplitData, Path, bool], FitResult]
+_FITTERS: dict[str, Fitter] = {}
+
+
+def register_fitter(kind: str) -> Callable[[Fitter], Fitter]:
+    def deco(fn: Fitter) -> Fitter:
+        _FITTERS[kind] = fn
+        return fn
+
+    return deco
+
+
+def fit_and_predict(model_cfg: ModelConfig, train_cfg: TrainConfig, data: SplitData, run_dir: Path,
+                    resume: bool = False) -> FitResult:
+    """Build the model from the registry and fit it with the strategy of its kind."""
+    from hifusion.models import create_model
+
+    model = create_model(model_cfg.name, n_genes=len(data.panel), **model_cfg.options)
+    kind = getattr(model, "input_kind", "spot_region")
+    if kind not in _FITTERS:
+        raise ConfigError(f"model '{model_cfg.name}' has input kind '{kind}' that no fitter handles")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    result = _FITTERS[kind](model, model_cfg, train_cfg, data, run_dir, resume)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ closed form
+@register_fitter("fit")
+def _fit_closed_form(model: torch.nn.Module, model_cfg: ModelConfig, train_cfg: TrainConfig, data: SplitData,
+                     run_dir: Path, resume: bool) -> FitResult:
+    """Estimators fitted in one pass on training labels (and, where they ask for it, training patches)."""
+    model.fit(data.train_labels())
+    preds = {s: np.asarray(model.predict(len(data.rows[s])), dtype=np.float32) for s in data.test_sections}
+    return FitResult(predictions=preds)
+
+
+# ------------------------------------------------------------------------------------------ Lightning training
+def resolve_precision(cfg: TrainConfig) -> str:
+    """bf16 (or fp16) mixed precision on CUDA, full precision on CPU."""
+    if cfg.precision != "auto":
+        return cfg.precision
+    if torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda"):
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
+def resolve_workers(cfg: TrainConfig) -> int:
+    """On a small CPU machine the model needs every core; with a GPU, loader workers keep it fed."""
+    if cfg.num_workers >= 0:
+        return cfg.num_workers
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda"):
+        return max(1, min(8, cpus - 1))
+    return 0
+
+
+def make_meta(model_cfg: ModelConfig, data: SplitData, norm: dict[str, Any]) -> dict[str, Any]:
+    """Everything prediction needs besides the weights; primitives only so `weights_only=True` loads it."""
+    return {
+        "version": __version__,
+        "model": {"name": model_cfg.name, "options": json.loads(json.dumps(model_cfg.options))},
+        "panel": list(data.panel),
+        "label": data.label,
+        "patch": {"pixel_size": float(data.pixel_size), "spot_px": int(data.spot_px),
+                  "region_px": int(data.region_px)},
+        "normalisation": norm,
+        "train_sections": list(data.train_sections),
+    }
+
+
+class _SpotDataModule:
+    """Builds loaders lazily so that the sampler knows the rank Lightning assigned (DDP-safe)."""
+
+    def __init__(self, train_ds: SpotDataset, val_ds: SpotDataset | None, cfg: TrainConfig) -> None:
+        self.train_ds, self.val_ds, self.cfg = train_ds, val_ds, cfg
+        self.workers = resolve_workers(cfg)
+
+    def loader(self, ds: SpotDataset, shuffle: bool, rank: int, world: int) -> torch.utils.data.DataLoader:
+        sampler = EpochSampler(len(ds), shuffle=shuffle, seed=self.cfg.seed, rank=rank, world_size=world)
+        return torch.utils.data.DataLoader(
+            ds,
+            batch_size=self.cfg.batch_size,
+            sampler=sampler,
+            num_workers=self.workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.workers > 0,
+            drop_last=False,
+        )
+
+
+def _datamodule(dm: _SpotDataModule) -> Any:
+    import lightning as L
+
+    class SpotDataModule(L.LightningDataModule):
+        def train_dataloader(self) -> Any:
+            return dm.loader(dm.train_ds, True, self.trainer.global_rank, self.trainer.world_size)
+
+        def val_dataloader(self) -> Any:
+            if dm.val_ds is None:
+                return []
+            return dm.loader(dm.val_ds, False, self.trainer.global_rank, self.trainer.world_size)
+
+    return SpotDataModule()
+
+
+def _epoch_writer(path: Path) -> Any:
+    import lightning as L
+
+    from hifusion.io import atomic_write_text
+
+    class EpochMetricsWriter(L.Callback):
+        """One row per epoch in `metrics.csv`: losses, loss parts, learning rate, validation scores."""
+
+        def __init__(self) -> None:
+            self.rows: list[dict[str, float]] = []
+            self.t0 = time.perf_counter()
+
+        def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+            if path.exists() and trainer.current_epoch > 0:  # resumed: keep the epochs already done
+                old = pd.read_csv(path)
+                self.rows = old[old["epoch"] < trainer.current_epoch].to_dict("records")
+
+        def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+            self.t0 = time.perf_counter()
+
+        def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+            if not trainer.is_global_zero:
+                return
+            row: dict[str, float] = {"epoch": trainer.current_epoch}
+            row["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
+            for k, v in sorted(trainer.callback_metrics.items()):
+                row[k] = float(v)
+            row["seconds"] = time.perf_counter() - self.t0
+            self.rows.append(row)
+            atomic_write_text(path, pd.DataFrame(self.rows).to_csv(index=False))
+
+    return EpochMetricsWriter()
+
+
+@register_fitter("spot_region")
+def _fit_spot_model(model: torch.nn.Module, model_cfg: ModelConfig, cfg: TrainConfig, data: SplitData,
+                    run_dir: Path, resume: bool) -> FitResult:
+    import lightning as L
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    from hifusion.train.checkpoint import AtomicCheckpointIO
+    from hifusion.train.module import ExpressionModule
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    train_secs = [s for s in data.train_rows if len(data.train_rows[s])]
+    train_ds = SpotDataset(
+        [data.patches[s] for s in train_secs],
+        [data.train_rows[s] for s in train_secs],
+        [data.label_rows(s, data.train_rows[s]) for s in train_secs],
+        spot_px=data.spot_px, region_px=data.region_px, augment=cfg.augment, seed=cfg.seed,
+    )
+    val_secs = [s for s in data.val_rows if len(data.val_rows[s])]
+    val_ds = None
+    if val_secs:
+        val_ds = SpotDataset(
+            [data.patches[s] for s in val_secs],
+            [data.val_rows[s] for s in val_secs],
+            [data.label_rows(s, data.val_rows[s]) for s in val_secs],
+            spot_px=data.spot_px, region_px=data.region_px,
+        )
+    norm: dict[str, Any] = {"mode": "patch"}
+    if model_cfg.options.get("normalise", None) is not None:
+        raise ConfigError("set the normalisation under data.normalise, not model options")
+    if data.normalise == "dataset":
+        mean, std = patch_mean_std([data.patches[s] for s in train_secs], [data.train_rows[s] for s in train_secs],
+                                   data.spot_px)
+        norm = {"mode": "dataset", "mean": mean, "std": std}
+    meta = make_meta(model_cfg, data, norm)
+    module = ExpressionModule(model, cfg, meta)
+    if cfg.compile:
+        module.model = torch.compile(module.model)  # type: ignore[assignment]
+
+    ckpt_dir = run_dir / C.CKPT_DIR
+    has_val = val_ds is not None
+    callbacks: list[Any] = [
+        ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_mse" if has_val else None,
+                        save_top_k=1 if has_val else 0, save_last=True, enable_version_counter=False),
+        _epoch_writer(run_dir / C.RUN_METRICS),
+    ]
+    if has_val and cfg.val.early_stopping_patience:
+        callbacks.append(EarlyStopping(monitor="val_mse", patience=cfg.val.early_stopping_patience))
+    trainer = L.Trainer(
+        max_epochs=cfg.epochs,
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy=cfg.strategy,
+        precision=resolve_precision(cfg),  # type: ignore[arg-type]
+        logger=CSVLogger(run_dir, name="logs", version=""),
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+        enable_model_summary=False,
+        log_every_n_steps=max(1, math.ceil(len(train_ds) / cfg.batch_size)),
+        default_root_dir=run_dir,
+        enable_progress_bar=_progress_enabled(),
+    )
+    last = ckpt_dir / C.CKPT_LAST
+    ckpt_path = str(last) if resume and last.exists() else None
+    if ckpt_path:
+        from hifusion.train.checkpoint import verify_checkpoint
+
+        verify_checkpoint(last)
+    trainer.fit(module, datamodule=_datamodule(_SpotDataModule(train_ds, val_ds, cfg)), ckpt_path=ckpt_path)
+
+    best = ckpt_dir / C.CKPT_BEST
+    chosen = best if has_val and best.exists() else last
+    if has_val and best.exists():
+        from hifusion.train.checkpoint import load_state_into
+
+        load_state_into(module.model, best)
+    history = pd.read_csv(run_dir / C.RUN_METRICS) if (run_dir / C.RUN_METRICS).exists() else None
+    preds = {}
+    if trainer.is_global_zero:
+        for s in data.test_sections:
+            preds[s] = predict_rows(module, data.patches[s], data.rows[s], data.spot_px, data.region_px,
+                                    batch_size=max(cfg.batch_size, 32))
+    return FitResult(predictions=preds, history=history, checkpoint=chosen,
+                     info={"checkpoint_used": chosen.name, "epochs_run": int(trainer.current_epoch)})
+
+
+def _progress_enabled() -> bool:
+    return os.environ.get("HIFUSION_PROGRESS", "1") != "0"
+
+
+@torch.no_grad()
+def predict_rows(module: Any, patches: Any, rows: np.ndarray, spot_px: int, region_px: int,
+                 batch_size: int = 64) -> np.ndarray:
+    """Predict the given cache rows in order with the module's own preprocessing (eval mode, no augmentation)."""
+    ds = SpotDataset([patches], [rows], None, spot_px=spot_px, region_px=region_px)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
+    return predict_loader(module, loader)
+
+
+@torch.no_grad()
+def predict_loader(module: Any, loader: Any) -> np.ndarray:
+    """Run a module over a loader of uint8 (spot, region) batches; autocast on CUDA."""
+    was_training = module.training
+    module.eval()
+    device = next(module.parameters()).device
+    out = []
+    try:
+        for batch in loader:
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            spot, region = module.preprocess(batch)
+            with torch.autocast(device.type, enabled=device.type == "cuda"):
+                pred = module.model(spot, region).pred
+            out.append(pred.float().cpu().numpy())
+    finally:
+        module.train(was_training)
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)

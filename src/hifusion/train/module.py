@@ -1,0 +1,115 @@
+"""The Lightning wrapper around a plain model: preprocessing on the device, losses, optimiser and schedule.
+
+The model itself stays a plain `nn.Module` (importable and usable without Lightning); this module only adds the
+training recipe of the paper (Adam, cosine decay per epoch) and the self-describing checkpoint metadata.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+
+from hifusion.config import TrainConfig
+from hifusion.train.losses import get_loss
+
+CKPT_META_KEY = "hifusion"
+
+
+def normalise_images(x: torch.Tensor, mode: str, mean: list[float] | None, std: list[float] | None) -> torch.Tensor:
+    """uint8 (B,3,H,W) -> float. `patch`: per image, per channel standardisation (the paper); `dataset`: fixed stats.
+
+    Per-patch standardisation removes stain intensity; the dataset mode keeps it (DESIGN.md section 8).
+    """
+    x = x.float().div_(255.0)
+    if mode == "patch":
+        m = x.mean(dim=(2, 3), keepdim=True)
+        s = x.std(dim=(2, 3), keepdim=True).clamp_min(1e-3)
+        return (x - m) / s
+    if mode == "dataset":
+        mt = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        st = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        return (x - mt) / st
+    raise ValueError(f"unknown normalisation '{mode}'")
+
+
+def pcc_gene_torch(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """Mean Pearson r per gene over spots (genes constant in the truth excluded; constant prediction scores 0)."""
+    from hifusion.evaluate.metrics import section_metrics
+
+    return float(section_metrics(pred.double().cpu().numpy(), target.double().cpu().numpy())["pcc_gene"])
+
+
+class ExpressionModule(L.LightningModule):
+    """Trains any spot-level model of the registry on (spot, region) patches and expression labels."""
+
+    def __init__(self, model: nn.Module, train_cfg: TrainConfig, meta: dict[str, Any]) -> None:
+        super().__init__()
+        self.model = model
+        self.cfg = train_cfg
+        self.meta = meta  # written into every checkpoint: model options, panel, labels, patch scale, normalisation
+        self.loss_fn = get_loss(getattr(model, "loss_name", "mse"))
+        norm = meta["normalisation"]
+        self.norm_mode, self.norm_mean, self.norm_std = norm["mode"], norm.get("mean"), norm.get("std")
+        self._val_outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    # ---------------------------------------------------------------------------------------------------- helpers
+    def preprocess(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        fmt = torch.channels_last if self.cfg.channels_last else torch.contiguous_format
+        spot = normalise_images(batch["spot"], self.norm_mode, self.norm_mean, self.norm_std)
+        region = normalise_images(batch["region"], self.norm_mode, self.norm_mean, self.norm_std)
+        return spot.contiguous(memory_format=fmt), region.contiguous(memory_format=fmt)
+
+    def forward(self, spot: torch.Tensor, region: torch.Tensor) -> Any:
+        return self.model(spot, region)
+
+    # --------------------------------------------------------------------------------------------------- training
+    def on_train_epoch_start(self) -> None:
+        # Dropout and any other torch randomness: a function of (seed, epoch), so a resumed run replays exactly.
+        torch.manual_seed(int(np.random.SeedSequence([self.cfg.seed, self.current_epoch]).generate_state(1)[0]))
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        spot, region = self.preprocess(batch)
+        out = self.model(spot, region)
+        total, parts = self.loss_fn(self.model, out, batch["y"].float())
+        bs = batch["y"].shape[0]
+        self.log("train_loss", total.detach(), on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
+        for k, v in parts.items():
+            self.log(f"train_{k}", v.detach(), on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
+        return total
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        spot, region = self.preprocess(batch)
+        pred = self.model(spot, region).pred.float()
+        self._val_outputs.append((batch["index"], pred.detach(), batch["y"].float()))
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_outputs:
+            return
+        idx = torch.cat([o[0] for o in self._val_outputs])
+        pred = torch.cat([o[1] for o in self._val_outputs])
+        y = torch.cat([o[2] for o in self._val_outputs])
+        self._val_outputs.clear()
+        if self.trainer.world_size > 1:  # PCC-gene needs every validation spot, not per-rank averages
+            idx, pred, y = (self.all_gather(t).flatten(0, 1) for t in (idx, pred, y))
+        order = torch.argsort(idx)
+        idx, pred, y = idx[order], pred[order], y[order]
+        keep = torch.ones_like(idx, dtype=torch.bool)
+        keep[1:] = idx[1:] != idx[:-1]  # padded duplicates of the distributed sampler
+        pred, y = pred[keep], y[keep]
+        self.log("val_mse", torch.mean((pred - y) ** 2), sync_dist=False, rank_zero_only=False)
+        self.log("val_pcc_gene", pcc_gene_torch(pred, y), sync_dist=False, rank_zero_only=False)
+
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        opt = torch.optim.Adam(params, lr=self.cfg.lr, betas=tuple(self.cfg.betas), weight_decay=self.cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.cfg.epochs, eta_min=self.cfg.min_lr)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+    # ------------------------------------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CKPT_META_KEY] = self.meta
+        checkpoint.pop("hyper_parameters", None)
