@@ -190,3 +190,24 @@ def test_per_gene_metrics_columns_and_values() -> None:
     m = section_metrics(pred, truth)
     assert m["pcc_gene"] == pytest.approx(df.loc[~df["const_truth"], "pcc"].mean(), abs=1e-12)
     assert m["mse"] == pytest.approx(df["mse"].mean(), abs=1e-12)
+
+
+def test_agrees_with_shared_anchors_module() -> None:
+    """The real anchors.py (where the shared folder is present), on random data with flat predictions mixed in."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[3] / "shared" / "tools" / "anchors.py"
+    if not path.exists():
+        pytest.skip("shared/tools/anchors.py not present")
+    spec = importlib.util.spec_from_file_location("_anchors", path)
+    anchors = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(anchors)
+    for seed in range(3):
+        pred, truth = _data(seed, n=60, g=50)
+        pred[:, 4] = 0.3
+        truth[:, 9] = 2.0
+        m = section_metrics(pred, truth)
+        ref = anchors.scores(pred, truth)
+        got = (m["mse"], m["mae"], m["pcc_spot"], m["pcc_gene"])
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12)

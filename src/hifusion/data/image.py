@@ -239,3 +239,76 @@ def open_image(path: str | Path) -> SlideImage:
     except InputError:
         pass
     raise InputError(f"cannot read image ({'; '.join(errors)})", path)
+
+
+# ---------------------------------------------------------------------------------------- pyramid levels (predict)
+class _LevelView(SlideImage):
+    """One pyramid level presented as a SlideImage, so `extract_patch` can cut patches from it unchanged.
+
+    Handles stay with the parent (closing the view does nothing); the pad colour and thumbnails are the parent's, so a
+    level view pads exactly like level 0 does.
+    """
+
+    def __init__(self, parent: SlideImage, level: int, size: tuple[int, int], reader: object) -> None:
+        self.path = parent.path
+        self.parent = parent
+        self.level = int(level)
+        self._size = (int(size[0]), int(size[1]))
+        self._reader = reader
+        self.downsample = parent.size[0] / self._size[0]
+        self.mpp = None if parent.mpp is None else parent.mpp * self.downsample
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self._size
+
+    @property
+    def pad_colour(self) -> tuple[int, int, int]:  # type: ignore[override]
+        return self.parent.pad_colour
+
+    def _read(self, x0: int, y0: int, w: int, h: int) -> np.ndarray:
+        return self._reader(x0, y0, w, h)  # type: ignore[operator]
+
+    def thumbnail(self, max_side: int) -> np.ndarray:
+        return self.parent.thumbnail(max_side)
+
+
+def level_sizes(image: SlideImage) -> list[tuple[int, int]]:
+    """(width, height) of every pyramid level, level 0 first; one entry for images without a pyramid."""
+    if isinstance(image, TiffImage):
+        return [(int(z.shape[1]), int(z.shape[0])) for z in image._levels]
+    if isinstance(image, OpenSlideImage):
+        return [(int(w), int(h)) for w, h in image._slide.level_dimensions]
+    return [image.size]
+
+
+def level_image(image: SlideImage, level: int) -> SlideImage:
+    """Pyramid level `level` of `image` as a SlideImage in that level's pixels (level 0: the image itself).
+
+    Whole-slide prediction reads patches from the coarsest level that is still at least as fine as the patch scale,
+    so a 0.25 um/px scan is not read at full resolution to make 1.4 um/px patches.
+    """
+    sizes = level_sizes(image)
+    if not 0 <= level < len(sizes):
+        raise ValueError(f"level {level} out of range (the image has {len(sizes)})")
+    if level == 0:
+        return image
+    if isinstance(image, TiffImage):
+        z = image._levels[level]
+
+        def read(x0: int, y0: int, w: int, h: int) -> np.ndarray:
+            return TiffImage._rgb(z[y0 : y0 + h, x0 : x0 + w])
+
+        return _LevelView(image, level, sizes[level], read)
+    if isinstance(image, OpenSlideImage):
+        slide = image._slide
+        ds = float(slide.level_downsamples[level])
+
+        def read_os(x0: int, y0: int, w: int, h: int) -> np.ndarray:  # OpenSlide takes level-0 coordinates
+            rgba = np.asarray(slide.read_region((int(round(x0 * ds)), int(round(y0 * ds))), level, (w, h)))
+            rgb = rgba[..., :3].copy()
+            rgb[rgba[..., 3] == 0] = np.asarray(image.pad_colour, dtype=np.uint8)
+            return rgb
+
+        return _LevelView(image, level, sizes[level], read_os)
+    raise ValueError(f"{type(image).__name__} has no pyramid levels")

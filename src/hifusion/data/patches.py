@@ -49,7 +49,7 @@ def crosses_border(x0: float, y0: float, side: float, size: tuple[int, int]) -> 
 def extract_patch(
     image: SlideImage, center_xy: tuple[float, float] | np.ndarray, out_px: int, out_mpp: float, image_mpp: float
 ) -> tuple[np.ndarray, bool]:
-    """uint8 (out_px, out_px, 3) patch at `out_mpp` um/px centred on the spot, and whether its window crosses the edge."""
+    """uint8 (out_px, out_px, 3) patch at `out_mpp` um/px centred on the spot, and whether it crosses the edge."""
     x0, y0, side = window(center_xy, out_px, out_mpp, image_mpp)
     border = crosses_border(x0, y0, side, image.size)
     if side == out_px and float(x0).is_integer() and float(y0).is_integer():

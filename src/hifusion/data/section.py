@@ -83,7 +83,8 @@ class Section:
         self.counts = sp.csr_matrix(self.counts, dtype=np.float32)
         n, g = self.counts.shape
         if n == 0:
-            raise InputError(f"section {self.section_id} has no spots (after joining counts and spot table)", spots_file)
+            msg = f"section {self.section_id} has no spots (after joining counts and spot table)"
+            raise InputError(msg, spots_file)
         if g == 0:
             raise InputError(f"section {self.section_id} has no genes", counts_file)
         self.barcodes = np.asarray(self.barcodes).astype(str)

@@ -46,10 +46,14 @@ def ensure_cache(data_cfg: DataConfig, *, progress: bool = True) -> Path:
             raise ConfigError("patch cache folder not found; run `hifusion prepare` or add data.prepare", cache)
         return cache
     from hifusion.data.prepare import prepare_sections
-    from hifusion.datasets import her2st_sample
 
     p = data_cfg.prepare
-    root = p.root if p.root is not None else her2st_sample()
+    if p.root is None:
+        from hifusion.datasets import her2st_sample
+
+        root = her2st_sample()
+    else:
+        root = p.root
     prepare_sections(
         p.format, root, p.sections, cache,
         spot_um=p.spot_um, spot_px=p.spot_px, region_factor=p.region_factor,

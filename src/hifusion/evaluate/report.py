@@ -308,7 +308,8 @@ def write_report(
     metrics, per_gene = _fill_keys(metrics), _fill_keys(per_gene)
     wide = _wide(metrics)
     models = _models(metrics, reference)
-    lines = [f"# {meta.get('title', 'hifusion benchmark report')}", "", *_meta_lines(meta), ""]
+    meta_lines = _meta_lines(meta)
+    lines = [f"# {meta.get('title', 'hifusion benchmark report')}", "", *meta_lines] + ([""] if meta_lines else [])
     lines += [
         "## Results over test sections",
         "",

@@ -54,8 +54,11 @@ def register_fitter(kind: str) -> Callable[[Fitter], Fitter]:
 def fit_and_predict(model_cfg: ModelConfig, train_cfg: TrainConfig, data: SplitData, run_dir: Path,
                     resume: bool = False) -> FitResult:
     """Build the model from the registry and fit it with the strategy of its kind."""
+    from lightning.fabric.utilities.seed import seed_everything
+
     from hifusion.models import create_model
 
+    seed_everything(train_cfg.seed, workers=True, verbose=False)  # the initial weights depend on the seed alone
     model = create_model(model_cfg.name, n_genes=len(data.panel), **model_cfg.options)
     kind = getattr(model, "input_kind", "spot_region")
     if kind not in _FITTERS:
@@ -192,7 +195,6 @@ def _fit_spot_model(model: torch.nn.Module, model_cfg: ModelConfig, cfg: TrainCo
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
     train_secs = [s for s in data.train_rows if len(data.train_rows[s])]
     train_ds = SpotDataset(
         [data.patches[s] for s in train_secs],

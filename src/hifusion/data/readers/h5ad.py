@@ -89,7 +89,7 @@ def read(
         raise InputError(f"not a readable .h5ad file ({exc})", path) from exc
     if OBSM_SPATIAL not in adata.obsm:
         raise InputError(f"no obsm['{OBSM_SPATIAL}'] with spot centres in full-resolution pixels", path)
-    counts = adata.layers["counts"] if "counts" in adata.layers else adata.X
+    counts = adata.layers.get("counts", adata.X)
     counts = sp.csr_matrix(counts) if sp.issparse(counts) else sp.csr_matrix(np.asarray(counts, dtype=np.float64))
     scale = 1.0 if coord_scale is None else float(coord_scale)
     centers = np.asarray(adata.obsm[OBSM_SPATIAL], dtype=np.float64)[:, :2] * scale
