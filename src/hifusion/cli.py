@@ -130,6 +130,32 @@ def demo(
     _print_summary(result)
 
 
+@app.command()
+def predict(
+    checkpoint: Annotated[Path, typer.Option(help="Training checkpoint (e.g. run/checkpoints/last.ckpt).")],
+    slide: Annotated[Path, typer.Option(help="Slide: SVS/TIFF/NDPI/MRXS pyramid, or a plain JPEG/PNG/TIFF.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    mpp: Annotated[float | None, typer.Option(help="Slide um/px (required when the file records none).")] = None,
+    spots: Annotated[Path | None, typer.Option(help="CSV of spot centres x,y (level-0 px), optional barcode.")]
+    = None,
+    grid: Annotated[str, typer.Option(help="Virtual spot grid: hex (Visium-like) | square (legacy ST).")] = "hex",
+    pitch_um: Annotated[float | None, typer.Option(help="Grid pitch in microns (default: 2x the spot field of "
+                                                        "view, 309 um at the default scale).")] = None,
+    genes: Annotated[str | None, typer.Option(help="Comma-separated genes to map (default: marker genes).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Spots per forward pass.")] = 64,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    min_tissue: Annotated[float, typer.Option(help="Least tissue fraction of a grid spot's field of view.")] = 0.5,
+) -> None:
+    """Predict expression over a whole slide: h5ad + CSV + per-gene maps + index.html in OUT."""
+    from hifusion.predict import predict_slide
+
+    result = predict_slide(
+        checkpoint, slide, out, mpp=mpp, spots=spots, grid=grid, pitch_um=pitch_um, genes=_sections(genes),
+        batch_size=batch_size, device=device, progress=True, min_tissue=min_tissue,
+    )
+    typer.echo(f"predictions: {result / 'predictions.h5ad'}  maps: {result / 'index.html'}")
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
     try:

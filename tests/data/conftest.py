@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -66,7 +65,9 @@ def make_her2st(tmp_path: Path) -> Callable[..., Path]:
             (root / "ST-spotfiles").mkdir(parents=True, exist_ok=True)
             sp_df.to_csv(root / "ST-spotfiles" / f"{s}_selection.tsv", sep="\t", index=False)
             c = counts_for(len(sp_df), seed=i) if counts is None else counts
-            cdf = pd.DataFrame(c, columns=GENES[: c.shape[1]], index=[f"{x}x{y}" for x, y in zip(sp_df.x, sp_df.y)])
+            cdf = pd.DataFrame(
+                c, columns=GENES[: c.shape[1]], index=[f"{x}x{y}" for x, y in zip(sp_df.x, sp_df.y, strict=True)]
+            )
             (root / "ST-cnts").mkdir(parents=True, exist_ok=True)
             cdf.to_csv(root / "ST-cnts" / f"{s}.tsv.gz", sep="\t")
             folder = root / "ST-imgs" / s.rstrip("0123456789") / s
@@ -88,7 +89,7 @@ def make_stnet(tmp_path: Path) -> Callable[..., Path]:
         folder = root / "HER2_luminal" / "BC1"
         folder.mkdir(parents=True)
         grid = spot_grid()
-        ids = [f"{x}x{y}" for x, y in zip(grid.x, grid.y)]
+        ids = [f"{x}x{y}" for x, y in zip(grid.x, grid.y, strict=True)]
         genes = [f"ENSG0000000000{i}" for i in range(len(GENES))]
         pd.DataFrame(counts_for(len(grid)), index=ids, columns=genes).to_csv(folder / "BC1_C1.tsv.gz", sep="\t")
         spots = pd.DataFrame({"x": grid.x, "y": grid.y, "X": grid.pixel_x, "Y": grid.pixel_y})
@@ -183,7 +184,8 @@ def make_h5ad(tmp_path: Path) -> Callable[..., Path]:
         img = Image.fromarray(draw_image(grid[["pixel_x", "pixel_y"]].to_numpy()))
         if hest:
             (root / "metadata").mkdir()
-            (root / "metadata" / "S1.json").write_text(json.dumps({"pixel_size_um_estimated": 0.5, "spot_diameter": 55}))
+            meta = {"pixel_size_um_estimated": 0.5, "spot_diameter": 55}
+            (root / "metadata" / "S1.json").write_text(json.dumps(meta))
             (root / "wsis").mkdir()
             img.save(root / "wsis" / "S1.png")
         else:
