@@ -163,6 +163,14 @@ def main() -> None:
     except HifusionError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    except OSError as exc:  # storage problems not caught nearer their source: disk full, permissions, file in the way
+        from hifusion.io import storage_error
+
+        err = storage_error(exc)
+        if err is None:
+            raise
+        typer.echo(f"error: {err.filename or 'output'}: cannot write ({err.strerror or exc})", err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,203 @@
+#!/usr/bin/env python3
+"""Whole-slide prediction speed and peak memory: a 5,000-spot grid on a large synthetic pyramidal TIFF.
+
+Usage: python benchmarks/predict.py [--spots 5000] [--budget-s 150] [--batch-size 64] [--device cpu] [--json out.json]
+
+The slide (19,000 x 16,000 px at 0.5 um/px, tiled 256 px, zlib, levels 1, 1/2, 1/4, 1/8, 1/16; ~50 mm2 of tissue) is
+written once by a child process (so its generation does not count in this process's peak RSS) and reused. The model
+is the CPU profile of HiFusion (levels [1, 4, 16], 112 px spot, 224 px region, ResNet-18/ResNet-10, 250 genes) with
+random weights: figures measure plumbing and compute, not accuracy.
+
+Phases: slide open + thumbnail + tissue + grid; patch streaming alone over all spots (reading and resampling);
+patches + model on as many spots as fit in --budget-s (the rest is extrapolated, and labelled so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SLIDE_MPP = 0.5
+SLIDE_W, SLIDE_H = 19_000, 16_000
+TILE = 256
+DOWNSAMPLES = (1, 2, 4, 8, 16)
+PITCH_UM = 100.0  # Visium-like density so 5,000 spots fit on one section
+CPU_OPTIONS = {"levels": [1, 4, 16], "tokens": 2}
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# -------------------------------------------------------------------------------------------- synthetic slide
+def _texture(seed: int = 0, side: int = 1024) -> np.ndarray:
+    from scipy import ndimage
+
+    t = ndimage.gaussian_filter(np.random.default_rng(seed).random((side, side)), 3, mode="wrap")
+    return ((t - t.min()) / (t.max() - t.min())).astype(np.float32)
+
+
+def _tile(tex: np.ndarray, x0: int, y0: int, ds: int) -> np.ndarray:
+    """One 256 x 256 tile of level `ds`: white glass, a large H&E-coloured ellipse with dark nuclei."""
+    xs = (x0 + np.arange(TILE)) * ds
+    ys = (y0 + np.arange(TILE)) * ds
+    ex, ey = (xs[None, :] - 0.5 * SLIDE_W) / (0.46 * SLIDE_W), (ys[:, None] - 0.5 * SLIDE_H) / (0.46 * SLIDE_H)
+    inside = ex**2 + ey**2 <= 1
+    out = np.full((TILE, TILE, 3), 243, np.uint8)
+    if inside.any():
+        n = tex.shape[0]
+        t = tex[np.ix_((ys // max(1, ds // 2)) % n, (xs // max(1, ds // 2)) % n)]
+        rgb = np.stack([215 - 60 * t, 120 - 60 * t, 180 - 30 * t], -1).astype(np.uint8)
+        rgb[t > 0.62] = (95, 60, 150)
+        out[inside] = rgb[inside]
+    out[(ys >= SLIDE_H)[:, None] | (xs >= SLIDE_W)[None, :]] = 0  # beyond the image edge (padding of edge tiles)
+    return out
+
+
+def make_slide(path: Path) -> None:
+    """Write the pyramid tile by tile (bounded memory); resolution tags carry the um/px."""
+    import tifffile
+
+    from hifusion.io import atomic_path
+
+    tex = _texture()
+    res = 1e4 / SLIDE_MPP
+    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=True) as tif:
+        for i, ds in enumerate(DOWNSAMPLES):
+            w, h = math.ceil(SLIDE_W / ds), math.ceil(SLIDE_H / ds)
+            tiles = (_tile(tex, x, y, ds) for y in range(0, h, TILE) for x in range(0, w, TILE))
+            tif.write(tiles, shape=(h, w, 3), dtype=np.uint8, tile=(TILE, TILE), photometric="rgb",
+                      compression="zlib", compressionargs={"level": 1}, resolution=(res / ds, res / ds),
+                      resolutionunit="CENTIMETER", subfiletype=1 if i else 0,
+                      **({"subifds": len(DOWNSAMPLES) - 1} if i == 0 else {}))
+
+
+# ------------------------------------------------------------------------------------------------- benchmark
+def make_checkpoint(path: Path, n_genes: int = 250) -> Path:
+    import torch
+
+    from hifusion import __version__
+    from hifusion import constants as C
+    from hifusion.config import TrainConfig
+    from hifusion.models import create_model
+    from hifusion.train.checkpoint import AtomicCheckpointIO
+    from hifusion.train.module import ExpressionModule
+
+    torch.manual_seed(0)
+    panel = [f"G{i:04d}" for i in range(n_genes)]
+    model = create_model("hifusion", n_genes=n_genes, **CPU_OPTIONS)
+    meta = {
+        "version": __version__, "model": {"name": "hifusion", "options": CPU_OPTIONS}, "panel": panel,
+        "label": "log1p_cpm", "normalisation": {"mode": "patch"}, "train_sections": [],
+        "patch": {"pixel_size": C.DEFAULT_SPOT_UM / C.CPU_SPOT_PX, "spot_px": C.CPU_SPOT_PX,
+                  "region_px": 2 * C.CPU_SPOT_PX},
+    }
+    module = ExpressionModule(model, TrainConfig(), meta)
+    AtomicCheckpointIO().save_checkpoint({"state_dict": module.state_dict(), "hifusion": meta}, path)
+    return path
+
+
+def run(args: argparse.Namespace) -> dict:
+    import torch
+
+    from hifusion import constants as C
+    from hifusion.predict import detect_tissue, load_predictor, open_slide, predict_coords, spot_grid
+    from hifusion.predict.slide import PatchStream
+
+    slide_path = args.slide
+    if not slide_path.exists():
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, __file__, "--make-slide", str(slide_path)], check=True)
+        print(f"wrote {slide_path} ({slide_path.stat().st_size / 2**20:.0f} MB) in {time.perf_counter() - t0:.0f} s")
+    with tempfile.TemporaryDirectory() as tmp:
+        module, meta = load_predictor(make_checkpoint(Path(tmp) / "cpu.ckpt"), args.device)
+    p = meta["patch"]
+    res: dict = {"device": str(next(module.parameters()).device), "torch_threads": torch.get_num_threads(),
+                 "batch_size": args.batch_size, "slide_px": [SLIDE_W, SLIDE_H], "slide_mpp": SLIDE_MPP,
+                 "patch": p, "model": {"name": "hifusion", **CPU_OPTIONS, "genes": len(meta["panel"])}}
+
+    t0 = time.perf_counter()
+    s = open_slide(slide_path, mpp=None, target_mpp=p["pixel_size"])
+    thumb = s.image.thumbnail(C.HIRES_MAX_SIDE)
+    scalef = thumb.shape[1] / s.size[0]
+    fov_px = p["spot_px"] * p["pixel_size"] / s.mpp
+    mask = detect_tissue(thumb, min_object_px=int(np.pi * (fov_px * scalef / 2) ** 2))
+    coords = spot_grid(mask, scalef, PITCH_UM / s.mpp, "hex", diameter_px=fov_px, image_size=s.size)
+    res["grid_spots_found"] = int(len(coords))
+    coords = coords[: args.spots]
+    res["spots"] = int(len(coords))
+    res["level"], res["level_mpp"] = s.level, s.level_mpp
+    res["setup_s"] = round(time.perf_counter() - t0, 2)
+    res["peak_rss_mb_after_setup"] = round(peak_rss_mb(), 0)
+
+    t0 = time.perf_counter()
+    stream = PatchStream(s, p["pixel_size"], p["spot_px"], p["region_px"], args.batch_size, workers=1)
+    n_read = sum(len(b["spot"]) for b in stream.batches(coords))
+    dt = time.perf_counter() - t0
+    res["patches_only"] = {"spots": n_read, "seconds": round(dt, 2), "spots_per_s": round(n_read / dt, 1)}
+    res["peak_rss_mb_after_patches"] = round(peak_rss_mb(), 0)  # slide reading alone: model and weights only so far
+
+    done, t0 = 0, time.perf_counter()
+    chunk = max(args.batch_size, 256)
+    while done < len(coords) and (time.perf_counter() - t0) < args.budget_s:
+        predict_coords(module, s, coords[done : done + chunk], batch_size=args.batch_size)
+        done = min(len(coords), done + chunk)
+    dt = time.perf_counter() - t0
+    rate = done / dt
+    res["predict"] = {"spots_measured": done, "seconds": round(dt, 1), "spots_per_s": round(rate, 2),
+                      "extrapolated": done < len(coords), "seconds_for_all_spots": round(len(coords) / rate, 1)}
+    s.close()
+    res["peak_rss_mb"] = round(peak_rss_mb(), 0)
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--spots", type=int, default=5000)
+    ap.add_argument("--budget-s", type=float, default=150.0, help="seconds of model time before extrapolating")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--slide", type=Path, default=Path(tempfile.gettempdir()) / "hifusion-bench-slide.tif")
+    ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    ap.add_argument("--make-slide", type=Path, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.make_slide is not None:
+        make_slide(args.make_slide)
+        return
+    res = run(args)
+    text = json.dumps(res, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    pr = res["predict"]
+    label = " (extrapolated)" if pr["extrapolated"] else ""
+    rows = [
+        ("spots on the grid", f"{res['spots']} (of {res['grid_spots_found']} found, pitch {PITCH_UM:g} um, hex)"),
+        ("pyramid level read", f"{res['level']} ({res['level_mpp']:g} um/px)"),
+        ("open + thumbnail + tissue + grid", f"{res['setup_s']} s"),
+        ("patch streaming only", f"{res['patches_only']['spots_per_s']} spots/s"),
+        ("patches + model", f"{pr['spots_per_s']} spots/s on {pr['spots_measured']} spots"),
+        (f"time for {res['spots']} spots{label}", f"{pr['seconds_for_all_spots']} s"),
+        ("peak RSS after setup / patch streaming", f"{res['peak_rss_mb_after_setup']:.0f} / "
+                                                   f"{res['peak_rss_mb_after_patches']:.0f} MB"),
+        ("peak RSS (with model activations)", f"{res['peak_rss_mb']:.0f} MB"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    print(f"\n{'measure':<{width}} | value\n{'-' * width}-|------")
+    for k, v in rows:
+        print(f"{k:<{width}} | {v}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,228 @@
+"""Whole-slide inference: checkpoint + slide -> predicted expression at virtual (or given) spots, maps and files.
+
+The checkpoint is self-describing (model, panel, label transform, patch scale, normalisation), so a slide and its
+microns per pixel are all prediction needs. Patches are cut with the same function as `prepare` and preprocessed by
+the training module's own `preprocess`, so a spot predicted here and the same spot in the patch cache agree.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from hifusion import __version__
+from hifusion import constants as C
+from hifusion.errors import CheckpointError, ConfigError, InputError
+from hifusion.predict import outputs
+from hifusion.predict.slide import PatchStream, Slide, open_slide
+from hifusion.predict.tissue import DEFAULT_MIN_FRACTION, default_pitch_um, detect_tissue, spot_grid, tissue_fraction
+
+GRID_KINDS = ("hex", "square")
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' -> the first GPU if there is one, else the CPU; other values as torch spells them ('cuda:1', 'cpu')."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise ConfigError(f"unknown device '{device}' (auto, cpu, cuda, cuda:N)") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device '{device}' asked for, but no CUDA GPU is available")
+    return dev
+
+
+def check_meta(meta: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The patch scale, panel and label transform prediction relies on; CheckpointError when absent or malformed."""
+    try:
+        patch = meta["patch"]
+        pixel_size, spot_px, region_px = float(patch["pixel_size"]), int(patch["spot_px"]), int(patch["region_px"])
+        panel = [str(g) for g in meta["panel"]]
+        label = str(meta["label"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint metadata incomplete (patch scale, panel or label: {exc})", path) from exc
+    if not (pixel_size > 0 and 0 < spot_px <= region_px and panel):
+        raise CheckpointError(f"checkpoint metadata malformed (patch {patch}, {len(panel)} genes)", path)
+    return {"pixel_size": pixel_size, "spot_px": spot_px, "region_px": region_px, "panel": panel, "label": label}
+
+
+def load_predictor(checkpoint: str | Path, device: str = "auto") -> tuple[Any, dict[str, Any]]:
+    """(ExpressionModule in eval mode on the device, metadata) from a training checkpoint."""
+    from hifusion.config import TrainConfig
+    from hifusion.train.checkpoint import load_checkpoint
+    from hifusion.train.module import ExpressionModule
+
+    path = Path(checkpoint)
+    model, meta = load_checkpoint(path)
+    if getattr(model, "input_kind", "spot_region") != "spot_region":
+        raise CheckpointError(f"model '{meta['model'].get('name')}' does not predict from image patches", path)
+    check_meta(meta, path)
+    module = ExpressionModule(model, TrainConfig(), meta)
+    module.to(resolve_device(device)).eval()
+    return module, meta
+
+
+def read_spots(path: str | Path, size: tuple[int, int]) -> tuple[np.ndarray, list[str]]:
+    """Spot centres (N, 2) in level-0 pixels and barcodes from a CSV/TSV with columns x, y (optional barcode)."""
+    path = Path(path)
+    sep = "\t" if path.suffix.lower() in (".tsv", ".txt") else ","
+    try:
+        df = pd.read_csv(path, sep=sep)
+    except FileNotFoundError as exc:
+        raise InputError("spots file not found", path) from exc
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise InputError(f"cannot read spots file ({exc})", path) from exc
+    df.columns = [str(c).strip().lower() for c in df.columns]
+    if not {"x", "y"} <= set(df.columns):
+        raise InputError(f"spots file needs columns x and y (level-0 pixels); found {list(df.columns)}", path)
+    if not len(df):
+        raise InputError("spots file has no rows", path)
+    xy = df[["x", "y"]].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(xy).all(axis=1)
+    if bad.any():
+        raise InputError(f"{int(bad.sum())} row(s) with non-numeric x/y, first at data row {int(np.argmax(bad)) + 1}",
+                         path)
+    w, h = size
+    off = (xy[:, 0] < 0) | (xy[:, 1] < 0) | (xy[:, 0] >= w) | (xy[:, 1] >= h)
+    if off.any():
+        i = int(np.argmax(off))
+        raise InputError(f"{int(off.sum())} spot(s) lie outside the slide ({w} x {h} px), first at data row {i + 1}: "
+                         f"({xy[i, 0]:g}, {xy[i, 1]:g})", path)
+    if "barcode" in df.columns:
+        barcodes = df["barcode"].astype(str).tolist()
+        dup = pd.Index(barcodes).duplicated()
+        if dup.any():
+            raise InputError(f"duplicate barcode '{barcodes[int(np.argmax(dup))]}' in spots file", path)
+    else:
+        barcodes = [f"spot_{i}" for i in range(len(xy))]
+    return xy, barcodes
+
+
+def _progress(batches: Iterable[dict[str, torch.Tensor]], n_spots: int, enabled: bool) -> Iterator[Any]:
+    """Count spots as batches go to the model (rich progress bar on stderr when enabled)."""
+    if not enabled:
+        yield from batches
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), TextColumn("spots"),
+               TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True)) as bar:
+        task = bar.add_task("predict", total=n_spots)
+        for b in batches:
+            yield b
+            bar.advance(task, len(b["spot"]))
+
+
+def predict_coords(
+    module: Any, slide: Slide, coords: np.ndarray, *, batch_size: int = 64, workers: int | None = None,
+    progress: bool = False,
+) -> np.ndarray:
+    """Predictions (N, G) for level-0 spot centres, streamed batch by batch from the slide."""
+    from hifusion.train.fit import predict_loader
+
+    meta = module.meta
+    device = next(module.parameters()).device
+    if workers is None:
+        workers = 1 if device.type == "cpu" else max(1, min(8, (os.cpu_count() or 2) - 1))
+    patch = meta["patch"]
+    stream = PatchStream(slide, patch["pixel_size"], patch["spot_px"], patch["region_px"], batch_size, workers)
+    if not len(coords):
+        return np.zeros((0, len(meta["panel"])), dtype=np.float32)
+    return predict_loader(module, _progress(stream.batches(coords), len(coords), progress))
+
+
+def predict_slide(
+    checkpoint: str | Path,
+    slide: str | Path,
+    out: str | Path,
+    *,
+    mpp: float | None = None,
+    spots: str | Path | None = None,
+    grid: str = "hex",
+    pitch_um: float | None = None,
+    genes: Sequence[str] | None = None,
+    batch_size: int = 64,
+    device: str = "auto",
+    progress: bool = True,
+    min_tissue: float = DEFAULT_MIN_FRACTION,
+    level: int | None = None,
+    workers: int | None = None,
+) -> Path:
+    """Predict a whole slide and write predictions.h5ad, predictions.csv, maps/<gene>.png and index.html into `out`.
+
+    Spots: a `grid` ('hex' Visium-like or 'square' legacy ST) every `pitch_um` microns (default: twice the spot field
+    of view, see `default_pitch_um`) over the detected tissue, kept where at least `min_tissue` of the spot's field of
+    view is tissue; or the centres of a `spots` CSV (x, y in level-0 pixels, optional barcode). `mpp` (level-0 um/px)
+    overrides the file's and is required when the file records none. `level` forces a pyramid level (default: the
+    coarsest level at least as fine as the patch scale). Returns the output folder.
+    """
+    checkpoint, slide_path, out = Path(checkpoint), Path(slide), Path(out)
+    if grid not in GRID_KINDS:
+        raise ConfigError(f"grid must be one of {GRID_KINDS}, got '{grid}'")
+    if pitch_um is not None and not pitch_um > 0:
+        raise ConfigError(f"pitch must be positive, got {pitch_um} um")
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be positive, got {batch_size}")
+    module, meta = load_predictor(checkpoint, device)
+    m = check_meta(meta, checkpoint)
+    panel = m["panel"]
+    unknown = [g for g in genes or [] if g not in panel]
+    if unknown:
+        raise ConfigError(f"gene(s) not in the checkpoint's panel of {len(panel)}: {', '.join(unknown)}", checkpoint)
+    show = outputs.map_genes(panel, genes)
+
+    s = open_slide(slide_path, mpp=mpp, target_mpp=m["pixel_size"], level=level)
+    try:
+        width, height = s.size
+        thumb = s.image.thumbnail(C.HIRES_MAX_SIDE)
+        scalef = thumb.shape[1] / width
+        fov_px = m["spot_px"] * m["pixel_size"] / s.mpp  # spot field of view, level-0 pixels
+        mask = detect_tissue(thumb, min_object_px=max(4, int(np.pi * (fov_px * scalef / 2) ** 2)))
+        obs: dict[str, np.ndarray] = {}
+        pitch = None
+        if spots is not None:
+            coords, barcodes = read_spots(spots, s.size)
+            obs["tissue_fraction"] = tissue_fraction(mask, scalef, coords, fov_px)
+        else:
+            pitch = float(pitch_um) if pitch_um is not None else default_pitch_um(m["pixel_size"], m["spot_px"])
+            coords, idx, frac = spot_grid(mask, scalef, pitch / s.mpp, grid, diameter_px=fov_px,
+                                          min_fraction=min_tissue, image_size=s.size, return_index=True)
+            if not len(coords):
+                found = "no tissue found" if not mask.any() else f"no grid spot is >= {min_tissue:.0%} tissue"
+                raise InputError(f"{found} on the slide thumbnail (white/black background and pen marks excluded; "
+                                 f"pitch {pitch:g} um)", slide_path)
+            barcodes = [f"{c}x{r}" for c, r in idx]
+            obs[C.OBS_ARRAY_X], obs[C.OBS_ARRAY_Y], obs["tissue_fraction"] = idx[:, 0], idx[:, 1], frac
+        stream = PatchStream(s, m["pixel_size"], m["spot_px"], m["region_px"], batch_size)
+        obs[C.OBS_AT_BORDER] = stream.at_border(coords)
+        pred = predict_coords(module, s, coords, batch_size=batch_size, workers=workers, progress=progress)
+        info = {
+            "version": __version__, "checkpoint": str(checkpoint), "slide": str(slide_path),
+            "model": meta["model"]["name"], "label": m["label"], "mpp": s.mpp, "mpp_source": s.mpp_source,
+            "level": s.level, "level_mpp": s.level_mpp,
+            "pixel_size": m["pixel_size"], "spot_px": m["spot_px"], "region_px": m["region_px"],
+            "spots": "file" if spots is not None else "grid", "spots_file": None if spots is None else str(spots),
+            "grid": None if spots is not None else grid, "pitch_um": pitch,
+            "min_tissue_fraction": None if spots is not None else float(min_tissue), "n_spots": int(len(coords)),
+            "device": str(next(module.parameters()).device),
+        }
+    finally:
+        s.close()
+
+    slide_id = slide_path.stem
+    out.mkdir(parents=True, exist_ok=True)
+    adata = outputs.build_anndata(pred, coords, barcodes, panel, obs, slide_id, thumb, scalef, fov_px, info)
+    outputs.write_h5ad(adata, out / outputs.PREDICTIONS_H5AD)
+    outputs.write_csv(out / outputs.PREDICTIONS_CSV, barcodes, coords, pred, panel)
+    maps = outputs.write_maps(out / outputs.MAPS_DIR, show, panel, pred, coords, thumb, scalef, fov_px, m["label"])
+    outputs.write_index(out / outputs.INDEX_HTML, maps, {k: v for k, v in info.items() if v is not None})
+    return out
