@@ -91,17 +91,17 @@ def test_resume_after_crash_matches_uninterrupted(dataset: Path, cache: Path, tm
     from hifusion.train.module import ExpressionModule
 
     full = _run(dataset, cache, tmp_path / "full", models=["hifusion"], epochs=3)
-    original = ExpressionModule.on_train_epoch_start
+    original = ExpressionModule.on_train_batch_start
 
-    def crash_at_epoch_2(self):  # the run dies after epoch 1's checkpoint was written
+    def crash_at_epoch_2(self, batch, batch_idx):  # the run dies after epoch 1's checkpoint was written
         if self.current_epoch == 2:
             raise RuntimeError("simulated crash")
-        original(self)
+        original(self, batch, batch_idx)
 
-    monkeypatch.setattr(ExpressionModule, "on_train_epoch_start", crash_at_epoch_2)
+    monkeypatch.setattr(ExpressionModule, "on_train_batch_start", crash_at_epoch_2)
     with pytest.raises(RuntimeError, match="simulated crash"):
         _run(dataset, cache, tmp_path / "crashed", models=["hifusion"], epochs=3)
-    monkeypatch.setattr(ExpressionModule, "on_train_epoch_start", original)
+    monkeypatch.setattr(ExpressionModule, "on_train_batch_start", original)
     resumed = _run(dataset, cache, tmp_path / "crashed", models=["hifusion"], epochs=3, resume=True)
     pd.testing.assert_frame_equal(full.metrics, resumed.metrics)
     hist = pd.read_csv(tmp_path / "crashed" / "runs" / "fixed" / "hifusion" / C.RUN_METRICS)

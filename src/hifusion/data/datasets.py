@@ -144,3 +144,70 @@ def patch_mean_std(patches: Sequence[Any], rows: Sequence[np.ndarray], side: int
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
     return mean.tolist(), std.tolist()
+
+
+class SectionDataset(Dataset):
+    """Whole sections (or the selected spots of them): one item = every spot of one section.
+
+    For models that look at all spots of a section at once (HisToGene, Hist2ST, TRIPLEX). An item holds uint8
+    ``spot`` (N, 3, s, s) and, when asked, ``region`` (N, 3, R, R) patches, integer array ``coords`` (N, 2),
+    ``index`` (N,) (positions in the concatenation of all items, for de-duplicating validation) and ``y``
+    (N, G). Augmentation follows `SpotDataset`: each spot gets its own flip/rotation, a function of
+    (seed, epoch, spot index); the array coordinates are left as they are. Memory per item: N x 3 x (s^2 + R^2)
+    bytes (about 15 MB for 180 spots at 112 / 224 px).
+    """
+
+    def __init__(
+        self,
+        patches: Sequence[Any],
+        rows: Sequence[np.ndarray],
+        coords: Sequence[np.ndarray],
+        labels: Sequence[np.ndarray] | None,
+        *,
+        spot_px: int,
+        region_px: int,
+        augment: bool = False,
+        seed: int = 0,
+        with_region: bool = True,
+    ) -> None:
+        if len(patches) != len(rows) or len(coords) != len(rows) or (labels is not None and len(labels) != len(rows)):
+            raise ValueError("patches, rows, coords and labels must have one entry per section")
+        self.patches = list(patches)
+        self.rows = [np.asarray(r, dtype=np.int64) for r in rows]
+        self.coords = [np.asarray(c, dtype=np.int64).reshape(-1, 2) for c in coords]
+        self.labels = None if labels is None else [np.asarray(y, np.float32) for y in labels]
+        for i, r in enumerate(self.rows):
+            if len(self.coords[i]) != len(r) or (self.labels is not None and len(self.labels[i]) != len(r)):
+                raise ValueError("coords and labels must have one row per selected spot")
+        self.offsets = np.concatenate([[0], np.cumsum([len(r) for r in self.rows])]).astype(np.int64)
+        self.spot_px, self.region_px = int(spot_px), int(region_px)
+        if self.spot_px > self.region_px:
+            raise ValueError(f"spot patch ({spot_px} px) larger than region patch ({region_px} px)")
+        self.augment, self.seed, self.with_region = augment, seed, with_region
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key: int) -> dict[str, torch.Tensor]:
+        epoch, i = divmod(int(key), len(self))
+        rows, start = self.rows[i], int(self.offsets[i])
+        spots, regions = [], []
+        for j, r in enumerate(rows):
+            region = self.patches[i].get(int(r))
+            if region.shape[0] != self.region_px:
+                region = centre_crop(region, self.region_px)
+            if self.augment:
+                region = augment_d4(region, np.random.default_rng([self.seed, epoch, start + j]))
+            spots.append(centre_crop(region, self.spot_px))
+            if self.with_region:
+                regions.append(region)
+        item = {
+            "spot": torch.from_numpy(np.ascontiguousarray(np.stack(spots).transpose(0, 3, 1, 2))),
+            "coords": torch.from_numpy(self.coords[i]),
+            "index": torch.arange(start, start + len(rows), dtype=torch.long),
+        }
+        if self.with_region:
+            item["region"] = torch.from_numpy(np.ascontiguousarray(np.stack(regions).transpose(0, 3, 1, 2)))
+        if self.labels is not None:
+            item["y"] = torch.from_numpy(self.labels[i])
+        return item

@@ -65,7 +65,7 @@ from hifusion.data.patches import iter_patches, region_top_left, spot_from_regio
 from hifusion.data.readers import list_sections, read_section
 from hifusion.data.section import Section
 from hifusion.errors import ConfigError, InputError
-from hifusion.io import atomic_path, atomic_write_text
+from hifusion.io import atomic_path, atomic_write_text, make_dir
 
 CACHE_VERSION = 1
 COMPRESSIONS = (None, "lzf")  # never gzip: decoding it would dominate data loading during training
@@ -150,7 +150,7 @@ def _same_scale(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
 
 def ensure_manifest(out: Path, params: CacheParams, fmt: str, overwrite: bool) -> None:
     """Create or check `cache.json`; a folder made at another scale is an error unless `overwrite` (then cleared)."""
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out)
     new = {**params.manifest(), "format": fmt, "formats": [fmt]}
     old = read_manifest(out)
     existing = cache_sections(out)
@@ -284,8 +284,12 @@ def prepare_section(
         **params.manifest(),
     }
     adata.uns[UNS_HIFUSION] = {k: v for k, v in info.items() if v is not None}
-    with atomic_path(h5ad_path) as tmp:
-        adata.write_h5ad(tmp)
+    try:
+        with atomic_path(h5ad_path) as tmp:
+            adata.write_h5ad(tmp)
+    except BaseException:
+        patch_path.unlink(missing_ok=True)  # no half-prepared section (patches without their h5ad) is left
+        raise
     return h5ad_path
 
 

@@ -51,6 +51,35 @@ class SplitData:
     def train_labels(self) -> np.ndarray:
         return np.concatenate([self.label_rows(s, r) for s, r in self.train_rows.items() if len(r)])
 
+    def spatial(self, section: str, rows: np.ndarray) -> np.ndarray:
+        """Spot centres (x, y) in full-resolution pixels of the given cache rows (obsm['spatial'])."""
+        return np.asarray(self.adatas[section].obsm[C.OBSM_SPATIAL], dtype=np.float64)[np.asarray(rows, np.int64)]
+
+    def array_coords(self, section: str, rows: np.ndarray) -> np.ndarray:
+        """Integer array coordinates (x, y) of the given cache rows, for whole-section models.
+
+        obs ``array_x``/``array_y`` where present; otherwise the pixel centres binned by the spot pitch (median
+        nearest-neighbour distance over the section) and shifted to start at 0.
+        """
+        return section_array_coords(self.adatas[section])[np.asarray(rows, np.int64)]
+
+
+def section_array_coords(adata: Any) -> np.ndarray:
+    """(N, 2) int64 array coordinates of every spot of a section (see `SplitData.array_coords`)."""
+    obs = adata.obs
+    if C.OBS_ARRAY_X in obs and C.OBS_ARRAY_Y in obs:
+        xy = np.stack([obs[C.OBS_ARRAY_X].to_numpy(np.float64), obs[C.OBS_ARRAY_Y].to_numpy(np.float64)], 1)
+        if np.isfinite(xy).all():
+            return np.rint(xy).astype(np.int64)
+    xy = np.asarray(adata.obsm[C.OBSM_SPATIAL], dtype=np.float64)
+    if len(xy) < 2:
+        return np.zeros((len(xy), 2), np.int64)
+    from scipy.spatial import cKDTree
+
+    d, _ = cKDTree(xy).query(xy, k=2)
+    pitch = float(np.median(d[:, 1])) or 1.0
+    return np.rint((xy - xy.min(0)) / pitch).astype(np.int64)
+
 
 def cache_patients(cache: Path) -> dict[str, str]:
     """Section -> patient for every section in a cache (read from each .h5ad's obs, without loading X)."""

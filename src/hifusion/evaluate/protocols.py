@@ -23,7 +23,7 @@ from hifusion import __version__
 from hifusion import constants as C
 from hifusion.config import Config, DataConfig, ModelConfig
 from hifusion.errors import ConfigError
-from hifusion.io import atomic_path, atomic_write_text
+from hifusion.io import atomic_path, atomic_write_text, make_dir
 
 DONE_FILE = "done.json"
 PRED_FILE = "predictions.npz"
@@ -120,7 +120,7 @@ def run_benchmark(
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not resume:
         raise ConfigError("results folder exists and is not empty; pass --resume to continue it, or pick --out", out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out)
     atomic_write_text(out / C.RUN_CONFIG, cfg.to_yaml())
 
     cache = ensure_cache(cfg.data)
@@ -146,6 +146,11 @@ def run_benchmark(
             if resume and done.exists():
                 preds = _load_predictions(mdir / PRED_FILE)
                 info = json.loads(done.read_text())
+                stale = [s for s in split.test if np.shape(preds.get(s)) != (len(data.rows[s]), len(data.panel))]
+                if stale:
+                    raise ConfigError(f"cannot resume: these predictions of {stale[0]} were made with another config "
+                                      "(gene panel or spots); use the original config or a new --out",
+                                      mdir / PRED_FILE)
             else:
                 print(f"[hifusion] {split.name}: fitting {m.display} on {', '.join(split.train)}", file=sys.stderr)
                 res = fit_and_predict(m, cfg.train_for(m), data, mdir, resume=resume)

@@ -1,6 +1,14 @@
 """Models: plain ``nn.Module``s built by name through the registry (``create_model``)."""
 
-from hifusion.models import baselines, hifusion  # noqa: F401  (import registers the models)
+from hifusion.models import (  # noqa: F401  (import registers the models)
+    baselines,
+    bleep,
+    hifusion,
+    hist2st,
+    histogene,
+    linear_probe,
+    triplex,
+)
 from hifusion.models.encoders import Encoder, create_encoder, list_encoders, register_encoder
 from hifusion.models.hifusion import HiFusion, HiFusionOutput, hifusion_loss
 from hifusion.models.outputs import ModelOutput

@@ -158,6 +158,16 @@ class HiFusion(nn.Module):
             self.norm = nn.LayerNorm(self.embed_dim)
         self.head = nn.Linear(self.embed_dim, self.n_genes)
 
+    @torch.no_grad()
+    def init_output_bias(self, mean: Tensor) -> None:
+        """Start both gene heads at the training mean label.
+
+        Labels such as ln((c+1)/sum) sit near -6; a zero-initialised head must first learn that offset through its
+        weights (Adam moves a bias by about lr per step), which on small data keeps the model at the mean profile.
+        """
+        for head in (self.level_head, self.head):
+            head.bias.copy_(mean.to(head.bias))
+
     def level_map(self, spot: Tensor, level: int) -> Tensor:
         """Encode all tiles of one level in one batched call and reassemble them into one map per spot."""
         n = math.isqrt(level)

@@ -15,7 +15,9 @@ __all__ = ["ModelEntry", "create_model", "list_models", "model_entry", "register
 
 Builder = TypeVar("Builder", bound=Callable[..., nn.Module])
 
-INPUT_KINDS = ("spot_region", "fit")
+# spot_region: batches of spots; fit: closed form on labels; section: one whole section per batch (with array
+# coordinates); features: closed form on frozen-encoder features; retrieval: spot batches + stored training labels
+INPUT_KINDS = ("spot_region", "fit", "section", "features", "retrieval")
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,27 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+def _brief(value: Any) -> str:
+    if isinstance(value, list) and len(value) > 4:
+        return f"{len(value)} genes: {', '.join(map(str, value[:3]))}, ..."
+    return str(value)
+
+
+def check_resumable(path: str | Path, meta: dict[str, Any]) -> None:
+    """Before resuming: the checkpoint is intact, loads without pickle, and was made for the same model, gene panel,
+    label transform and patch scale as the run about to continue (`meta`, see `train.fit.make_meta`)."""
+    ckpt = read_checkpoint(path)
+    old = ckpt.get(CKPT_META_KEY)
+    if not isinstance(old, dict):
+        raise CheckpointError("checkpoint lacks hifusion metadata; cannot resume from it", path)
+    for key, what in (("model", "model"), ("panel", "gene panel"), ("label", "label transform"),
+                      ("patch", "patch scale")):
+        if old.get(key) != meta.get(key):
+            raise CheckpointError(
+                f"cannot resume: the checkpoint was made for another {what} ({_brief(old.get(key))}, "
+                f"this run: {_brief(meta.get(key))}); use the original config or a new --out", path)
+
+
 def _model_state(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
     prefix = "model."
     state = {}

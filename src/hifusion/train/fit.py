@@ -161,7 +161,7 @@ def _epoch_writer(path: Path) -> Any:
             self.rows: list[dict[str, float]] = []
             self.t0 = time.perf_counter()
 
-        def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        def on_train_start(self, trainer: Any, pl_module: Any) -> None:  # after a resumed run's state is restored
             if path.exists() and trainer.current_epoch > 0:  # resumed: keep the epochs already done
                 old = pd.read_csv(path)
                 self.rows = old[old["epoch"] < trainer.current_epoch].to_dict("records")
@@ -218,18 +218,32 @@ def _fit_spot_model(model: torch.nn.Module, model_cfg: ModelConfig, cfg: TrainCo
         mean, std = patch_mean_std([data.patches[s] for s in train_secs], [data.train_rows[s] for s in train_secs],
                                    data.spot_px)
         norm = {"mode": "dataset", "mean": mean, "std": std}
+    init_bias = getattr(model, "init_output_bias", None)
+    if callable(init_bias):  # gene heads start at the mean training label (training spots only)
+        init_bias(torch.from_numpy(train_ds.labels.mean(0)))
     meta = make_meta(model_cfg, data, norm)
+    last = run_dir / C.CKPT_DIR / C.CKPT_LAST
+    ckpt_path = str(last) if resume and last.exists() else None
+    if ckpt_path:  # integrity (SHA-256), weights-only load and same panel/scale, before Lightning touches it
+        from hifusion.train.checkpoint import check_resumable
+
+        check_resumable(last, meta)
     module = ExpressionModule(model, cfg, meta)
     if cfg.compile:
         module.model = torch.compile(module.model)  # type: ignore[assignment]
 
     ckpt_dir = run_dir / C.CKPT_DIR
     has_val = val_ds is not None
+    # last.ckpt after every epoch (Lightning >= 2.6 writes `save_last` only when a top-k file was saved that step,
+    # so a killed run would have nothing to resume from): a monitor-less top-1 checkpoint named "last"
     callbacks: list[Any] = [
-        ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_mse" if has_val else None,
-                        save_top_k=1 if has_val else 0, save_last=True, enable_version_counter=False),
+        ModelCheckpoint(dirpath=ckpt_dir, filename=Path(C.CKPT_LAST).stem, monitor=None, save_top_k=1,
+                        enable_version_counter=False),
         _epoch_writer(run_dir / C.RUN_METRICS),
     ]
+    if has_val:
+        callbacks.insert(0, ModelCheckpoint(dirpath=ckpt_dir, filename=Path(C.CKPT_BEST).stem, monitor="val_mse",
+                                            save_top_k=1, enable_version_counter=False))
     if has_val and cfg.val.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor="val_mse", patience=cfg.val.early_stopping_patience))
     trainer = L.Trainer(
@@ -249,12 +263,6 @@ def _fit_spot_model(model: torch.nn.Module, model_cfg: ModelConfig, cfg: TrainCo
         default_root_dir=run_dir,
         enable_progress_bar=_progress_enabled(),
     )
-    last = ckpt_dir / C.CKPT_LAST
-    ckpt_path = str(last) if resume and last.exists() else None
-    if ckpt_path:
-        from hifusion.train.checkpoint import verify_checkpoint
-
-        verify_checkpoint(last)
     trainer.fit(module, datamodule=_datamodule(_SpotDataModule(train_ds, val_ds, cfg)), ckpt_path=ckpt_path)
 
     best = ckpt_dir / C.CKPT_BEST
@@ -303,3 +311,6 @@ def predict_loader(module: Any, loader: Any) -> np.ndarray:
     finally:
         module.train(was_training)
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+from hifusion.train import fitters as _baseline_fitters  # noqa: E402,F401  (registers section/features/retrieval)

@@ -67,9 +67,11 @@ class ExpressionModule(L.LightningModule):
         return self.model(spot, region)
 
     # --------------------------------------------------------------------------------------------------- training
-    def on_train_epoch_start(self) -> None:
-        # Dropout and any other torch randomness: a function of (seed, epoch), so a resumed run replays exactly.
-        torch.manual_seed(int(np.random.SeedSequence([self.cfg.seed, self.current_epoch]).generate_state(1)[0]))
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Dropout and any other torch randomness: a function of (seed, epoch, batch), so a resumed run replays
+        # exactly, whatever else (loader set-up, Lightning's restore) drew from the global generator in between.
+        state = np.random.SeedSequence([self.cfg.seed, self.current_epoch, batch_idx, self.global_rank])
+        torch.manual_seed(int(state.generate_state(1)[0]))
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         spot, region = self.preprocess(batch)
@@ -113,3 +115,38 @@ class ExpressionModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CKPT_META_KEY] = self.meta
         checkpoint.pop("hyper_parameters", None)
+
+
+class SectionModule(ExpressionModule):
+    """Trains whole-section models (input kind ``section``): one batch is every spot of one section.
+
+    The batch carries the array coordinates, which the model receives as ``coords``; the region patch is only
+    normalised and passed when the model uses it (``uses_region``).
+    """
+
+    def preprocess(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        fmt = torch.channels_last if self.cfg.channels_last else torch.contiguous_format
+        spot = normalise_images(batch["spot"], self.norm_mode, self.norm_mean, self.norm_std)
+        region = None
+        if "region" in batch and getattr(self.model, "uses_region", True):
+            region = normalise_images(batch["region"], self.norm_mode, self.norm_mean, self.norm_std)
+            region = region.contiguous(memory_format=fmt)
+        return spot.contiguous(memory_format=fmt), region
+
+    def forward(self, spot: torch.Tensor, region: torch.Tensor | None, coords: torch.Tensor | None = None) -> Any:
+        return self.model(spot, region, coords)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        spot, region = self.preprocess(batch)
+        out = self.model(spot, region, batch["coords"])
+        total, parts = self.loss_fn(self.model, out, batch["y"].float())
+        n = batch["y"].shape[0]
+        self.log("train_loss", total.detach(), on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
+        for k, v in parts.items():
+            self.log(f"train_{k}", v.detach(), on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
+        return total
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        spot, region = self.preprocess(batch)
+        pred = self.model(spot, region, batch["coords"]).pred.float()
+        self._val_outputs.append((batch["index"], pred.detach(), batch["y"].float()))

@@ -60,6 +60,16 @@ def read_table(path: Path, **kwargs: object) -> pd.DataFrame:
         raise InputError(f"cannot read table ({exc})", path) from exc
 
 
+def read_counts_table(path: Path) -> pd.DataFrame:
+    """Spots x genes table (first column the spot id) with gene names exactly as written: pandas would rename a
+    repeated name to `G.1`; `Section` warns and makes them unique the scanpy way (`G-1`) instead."""
+    df = read_table(path, sep="\t", index_col=0)
+    header = read_table(path, sep="\t", header=None, nrows=1, dtype=str, keep_default_na=False).iloc[0].tolist()
+    if len(header) == df.shape[1] + 1:
+        df.columns = pd.Index([str(h) for h in header[1:]])
+    return df
+
+
 def require_columns(df: pd.DataFrame, cols: list[str], path: Path) -> None:
     missing = [c for c in cols if c not in df.columns]
     if missing:

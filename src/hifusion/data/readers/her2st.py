@@ -19,6 +19,7 @@ from hifusion.data.readers._common import (
     leading_letters,
     numeric_counts,
     pitch_mpp,
+    read_counts_table,
     read_table,
     require_columns,
     single_image,
@@ -59,12 +60,14 @@ def read(
     patient = patient or leading_letters(section)
     image_path = Path(image) if image else single_image(root / HER2ST_IMAGES_DIR / patient / section)
 
-    counts_df = read_table(counts_path, sep="\t", index_col=0)
+    counts_df = read_counts_table(counts_path)
     counts_df.index = counts_df.index.astype(str)
     spots = read_table(spots_path, sep="\t")
     require_columns(spots, ["x", "y", "pixel_x", "pixel_y"], spots_path)
     if "selected" in spots.columns:
         spots = spots[spots["selected"] == 1]
+        if spots.empty:
+            raise InputError(f"section {section} has no spots: no row has selected == 1", spots_path)
     spots.index = spots["x"].astype(int).astype(str) + "x" + spots["y"].astype(int).astype(str)
     rows = join_spots(counts_df.index, spots.index, counts_path, spots_path)
     counts_df = counts_df.iloc[rows]

@@ -21,7 +21,7 @@ from hifusion.constants import (
     STNET_SPOTS_PATTERN,
     STNET_TUMOUR_PATTERN,
 )
-from hifusion.data.readers._common import join_spots, numeric_counts, pitch_mpp, read_table
+from hifusion.data.readers._common import join_spots, numeric_counts, pitch_mpp, read_counts_table, read_table
 from hifusion.data.section import Section
 from hifusion.errors import InputError
 
@@ -89,7 +89,7 @@ def read(
     if not image_path.is_file():
         raise InputError("image not found", image_path)
 
-    counts_df = read_table(counts_path, sep="\t", index_col=0)
+    counts_df = read_counts_table(counts_path)
     cxy = _spot_xy(counts_df.index)
     if cxy is None:
         raise InputError("first column must hold spot ids like 12x34", counts_path)
