@@ -156,6 +156,49 @@ def predict(
     typer.echo(f"predictions: {result / 'predictions.h5ad'}  maps: {result / 'index.html'}")
 
 
+@app.command()
+def ablate(
+    config: ConfigArg,
+    out: OutOpt = None,
+    resume: ResumeOpt = False,
+    set_: SetOpt = None,
+    only: Annotated[str | None, typer.Option(help="Comma-separated ablation options to run, e.g. tokens,levels "
+                                                   "(default: every option of the config's ablation spec).")] = None,
+) -> None:
+    """HiFusion variants differing from the config's in one option each (tokens, region, levels, alignment, CCF).
+
+    Runs them under the config's protocol; writes ablation.md (variant x metric, Wilcoxon vs the default over genes),
+    ablation.csv and line plots against token count and neighbour size. Override the spec with an `ablation:` list
+    of {option, values} in the config.
+    """
+    from hifusion.config import load_config
+    from hifusion.evaluate.ablation import run_ablation
+
+    cfg = load_config(config, set_)
+    result = run_ablation(cfg, out or cfg.output / f"{cfg.name}_ablation", resume=resume, only=_sections(only))
+    typer.echo(f"ablation: {result.report}  ({result.seconds / 60:.1f} min)")
+
+
+@app.command()
+def efficiency(
+    device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N")] = "cpu",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Markdown table; a .csv twin is written beside it.")]
+    = Path("efficiency.md"),
+    models: Annotated[str | None, typer.Option(help="Comma-separated models (default: every registered one).")]
+    = None,
+    profiles: Annotated[str, typer.Option(help="Comma-separated input-size profiles: paper, cpu.")] = "paper,cpu",
+    iters: Annotated[int, typer.Option(help="Timed forward passes per model and profile (after one warm-up).")] = 2,
+) -> None:
+    """Parameters, GMAC per spot, inference ms per spot and peak memory of every model at paper and CPU sizes."""
+    from hifusion.evaluate.efficiency import efficiency_table, write_efficiency
+
+    table = efficiency_table(models=_sections(models), profiles=_sections(profiles), device=device, iters=iters,
+                             progress=True)
+    md, csv = write_efficiency(table, out)
+    typer.echo(md.read_text())
+    typer.echo(f"table: {md}  csv: {csv}")
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
     try:

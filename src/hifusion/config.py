@@ -121,6 +121,17 @@ class ProtocolConfig(_Strict):
         return self
 
 
+class AblationAxis(_Strict):
+    """One ablated option and the values tried; every other option stays at the config's HiFusion default.
+
+    `option` is a HiFusion model option (tokens, levels, use_alignment, use_ccf, ...) or `region_factor` (the
+    neighbour view side / spot side, centre-cropped from a cache prepared at the largest factor).
+    """
+
+    option: str
+    values: list[Any] = Field(min_length=1)
+
+
 class Config(_Strict):
     name: str = "run"
     output: Path = Path("runs")
@@ -129,6 +140,7 @@ class Config(_Strict):
     models: list[ModelConfig] | None = None  # benchmark: the models compared (mean_profile is always added)
     train: TrainConfig = Field(default_factory=TrainConfig)
     protocol: ProtocolConfig = Field(default_factory=lambda: ProtocolConfig(name="3d"))
+    ablation: list[AblationAxis] | None = None  # `ablate`: options varied one at a time (None: the paper's set)
 
     @field_validator("models")
     @classmethod

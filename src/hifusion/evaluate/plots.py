@@ -235,3 +235,34 @@ def plot_expression_map(
     ax.set_title(title, fontsize=10)
     fig.colorbar(coll, ax=ax, shrink=0.8)
     return _save(fig, out_png)
+
+
+def plot_ablation_lines(
+    out_png: str | os.PathLike[str],
+    x: np.ndarray,
+    series: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    *,
+    xlabel: str,
+    title: str = "",
+) -> Path:
+    """One panel per metric (e.g. PCC-gene, MSE): mean over test sections against an ablated option, ± std bars.
+
+    The layout of the paper's ablation figures (metric against token count or neighbour size), one line per panel.
+    """
+    xs = np.asarray(x, dtype=np.float64)
+    names = list(series)
+    fig = _figure(3.6 * max(1, len(names)), 3.0)
+    axes = fig.subplots(1, max(1, len(names)), squeeze=False).ravel()
+    for ax, name in zip(axes, names, strict=False):
+        mean, std = (np.asarray(a, dtype=np.float64) for a in series[name])
+        if mean.shape != xs.shape or std.shape != xs.shape:
+            raise ValueError(f"series {name!r} has {mean.size} values for {xs.size} x positions")
+        ax.errorbar(xs, mean, yerr=np.nan_to_num(std), marker="o", capsize=3)
+        ax.set_xticks(xs)
+        ax.set_xticklabels([f"{v:g}" for v in xs])
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, out_png)

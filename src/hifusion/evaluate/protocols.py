@@ -108,8 +108,13 @@ def run_benchmark(
     command: str | None = None,
     figures: bool = True,
     title: str = "Benchmark",
+    region_factors: dict[str, float] | None = None,
 ) -> BenchmarkResult:
-    """Train and score `models` (default: the config's, plus the mean profile) on every split of the protocol."""
+    """Train and score `models` (default: the config's, plus the mean profile) on every split of the protocol.
+
+    `region_factors` maps a model's display name to its own neighbour-view factor (centre-cropped from the cache),
+    so an ablation over the region size shares one results folder, gene panel and report with the other variants.
+    """
     from hifusion.data.splitdata import cache_patients, load_split, with_validation_sections
     from hifusion.data.splits import make_splits
     from hifusion.evaluate.metrics import per_gene_metrics, section_metrics
@@ -140,7 +145,15 @@ def run_benchmark(
         data = load_split(cache, split, cfg.data, cfg.train.val, seed=cfg.train.seed)
         panels[split.name] = data.panel
         split_preds: dict[str, dict[str, np.ndarray]] = {s: {} for s in split.test}
+        by_factor: dict[float, Any] = {}
         for m in models:
+            factor = (region_factors or {}).get(m.display)
+            mdata = data
+            if factor is not None:  # same panel and labels (training sections decide them); other region crop
+                if factor not in by_factor:
+                    by_factor[factor] = load_split(cache, split, cfg.data, cfg.train.val, seed=cfg.train.seed,
+                                                   region_factor=factor)
+                mdata = by_factor[factor]
             mdir = out / "runs" / split.name / m.display
             done = mdir / DONE_FILE
             if resume and done.exists():
@@ -153,7 +166,7 @@ def run_benchmark(
                                       mdir / PRED_FILE)
             else:
                 print(f"[hifusion] {split.name}: fitting {m.display} on {', '.join(split.train)}", file=sys.stderr)
-                res = fit_and_predict(m, cfg.train_for(m), data, mdir, resume=resume)
+                res = fit_and_predict(m, cfg.train_for(m), mdata, mdir, resume=resume)
                 preds = res.predictions
                 _save_predictions(mdir / PRED_FILE, preds)
                 info = {"seconds": res.seconds, "checkpoint": str(res.checkpoint) if res.checkpoint else None,
@@ -203,6 +216,7 @@ def run_benchmark(
         "seeds": {"train": cfg.train.seed},
         "models": [m.model_dump(mode="json") for m in models],
         "timings": timings,
+        **({"region_factors": region_factors} if region_factors else {}),
         "seconds": seconds,
         "package_version": __version__,
         "git_commit": git_commit(),

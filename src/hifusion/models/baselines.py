@@ -13,6 +13,7 @@ from hifusion.errors import ConfigError, InputError
 from hifusion.models.encoders import create_encoder
 from hifusion.models.outputs import ModelOutput
 from hifusion.models.registry import register_model
+from hifusion.models.spatial import set_head_bias
 
 __all__ = ["MeanProfile", "STNet"]
 
@@ -38,6 +39,10 @@ class STNet(nn.Module):
         self.n_genes = int(n_genes)
         self.encoder = create_encoder(encoder, weights=encoder_weights, frozen=freeze_encoder, **(encoder_kwargs or {}))
         self.head = nn.Linear(self.encoder.out_channels, self.n_genes)
+
+    def init_output_bias(self, mean: Tensor) -> None:
+        """Head bias = training mean of each gene, so training starts from the mean profile."""
+        set_head_bias([self.head], mean)
 
     def forward(self, spot: Tensor, region: Tensor | None = None) -> ModelOutput:
         """Predict from the spot patch; the region patch is accepted for a uniform interface and ignored."""

@@ -21,6 +21,7 @@ from hifusion.errors import ConfigError
 from hifusion.models.encoders import Encoder, create_encoder
 from hifusion.models.outputs import ModelOutput
 from hifusion.models.registry import register_model
+from hifusion.models.spatial import set_head_bias
 
 __all__ = ["HiFusion", "HiFusionOutput", "check_levels", "hifusion_loss"]
 
@@ -158,15 +159,13 @@ class HiFusion(nn.Module):
             self.norm = nn.LayerNorm(self.embed_dim)
         self.head = nn.Linear(self.embed_dim, self.n_genes)
 
-    @torch.no_grad()
     def init_output_bias(self, mean: Tensor) -> None:
         """Start both gene heads at the training mean label.
 
         Labels such as ln((c+1)/sum) sit near -6; a zero-initialised head must first learn that offset through its
         weights (Adam moves a bias by about lr per step), which on small data keeps the model at the mean profile.
         """
-        for head in (self.level_head, self.head):
-            head.bias.copy_(mean.to(head.bias))
+        set_head_bias([self.level_head, self.head], mean)
 
     def level_map(self, spot: Tensor, level: int) -> Tensor:
         """Encode all tiles of one level in one batched call and reassemble them into one map per spot."""
