@@ -24,8 +24,10 @@ On CUDA the model runs under bf16 autocast (fp16 where bf16 is unsupported) and 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
+import os
 import resource
 import sys
 import tempfile
@@ -137,7 +139,8 @@ def spot_loader(patches: Any, batch: int, workers: int, host_float: bool = False
                           augment=True, seed=0)
     if host_float:
         ds = _HostFloat(ds)
-    return torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers,
+    sampler = torch.utils.data.RandomSampler(ds, replacement=True, num_samples=64 * batch)  # any section size
+    return torch.utils.data.DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=workers,
                                        pin_memory=torch.cuda.is_available(), persistent_workers=False)
 
 
@@ -161,17 +164,15 @@ class _HostFloat(torch.utils.data.Dataset):
 
 def time_loader(loader: torch.utils.data.DataLoader, batches: int, device: torch.device,
                 consume: Callable[[dict[str, torch.Tensor]], Any] | None = None) -> float:
-    """Spots/s after the first batch (worker start-up excluded); each batch is moved to the device (and consumed)."""
+    """Spots/s over `batches` batches, each moved to the device (and consumed), after the batches the workers had
+    prefetched by then (start-up excluded, steady state measured)."""
     it: Iterator[dict[str, torch.Tensor]] = iter(loader)
-    next(it)
+    for _ in range(1 + loader.num_workers * (loader.prefetch_factor or 0)):
+        next(it)
     n = 0
     t0 = time.perf_counter()
     for _ in range(batches):
-        try:
-            b = next(it)
-        except StopIteration:
-            break
-        b = {k: v.to(device, non_blocking=True) for k, v in b.items()}
+        b = {k: v.to(device, non_blocking=True) for k, v in next(it).items()}
         if consume is not None:
             consume(b)
         n += len(b["spot"])
@@ -207,57 +208,63 @@ def looped_level_map(self: Any, spot: torch.Tensor, level: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------- model timings
-def time_train(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], steps: int, channels_last: bool,
-               device: torch.device) -> float:
-    """Spots/s of forward + backward + Adam step, after one warm-up step."""
-    from hifusion.train.losses import get_loss
+class Variant:
+    """One setting of a side-by-side comparison: its own model copy (same weights), optimiser and step times."""
 
-    loss_fn = get_loss("hifusion")
-    model.train()
-    model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    n, t0 = 0, 0.0
-    for step in range(steps + 1):
-        if step == 1:
-            sync(device)
-            t0 = time.perf_counter()
-        b = batches[step % len(batches)]
-        spot, region = preprocess(b, channels_last)
+    def __init__(self, model: torch.nn.Module, channels_last: bool, looped: bool = False) -> None:
+        self.model = copy.deepcopy(model)
+        self.model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        if looped:
+            self.model.level_map = types.MethodType(looped_level_map, self.model)  # type: ignore[method-assign]
+        self.channels_last = channels_last
+        self.opt: torch.optim.Optimizer | None = None
+        self.times: list[float] = []
+        self.first: torch.Tensor | None = None
+
+    def train_step(self, b: dict[str, torch.Tensor], device: torch.device) -> None:
+        from hifusion.train.losses import get_loss
+
+        if self.opt is None:
+            self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4)
+        self.model.train()
+        sync(device)
+        t0 = time.perf_counter()
+        spot, region = preprocess(b, self.channels_last)
         with autocast(device):
-            out = model(spot, region)
-        target = torch.zeros(len(spot), N_GENES, device=device)
-        loss, _ = loss_fn(model, out, target)
-        opt.zero_grad(set_to_none=True)
+            out = self.model(spot, region)
+        loss, _ = get_loss("hifusion")(self.model, out, torch.zeros(len(spot), N_GENES, device=device))
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
-        if step >= 1:
-            n += len(spot)
-    sync(device)
-    return n / (time.perf_counter() - t0)
+        self.opt.step()
+        sync(device)
+        self.times.append(time.perf_counter() - t0)
 
-
-@torch.no_grad()
-def time_infer(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], steps: int, channels_last: bool,
-               device: torch.device) -> tuple[float, torch.Tensor]:
-    """Spots/s of eval-mode forward passes after one warm-up pass; also returns the first batch's prediction."""
-    model.eval()
-    model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    first = None
-    n, t0 = 0, 0.0
-    for step in range(steps + 1):
-        if step == 1:
-            sync(device)
-            t0 = time.perf_counter()
-        spot, region = preprocess(batches[step % len(batches)], channels_last)
+    @torch.no_grad()
+    def infer_step(self, b: dict[str, torch.Tensor], device: torch.device) -> None:
+        self.model.eval()
+        sync(device)
+        t0 = time.perf_counter()
+        spot, region = preprocess(b, self.channels_last)
         with autocast(device):
-            pred = model(spot, region).pred
-        if step == 0:
-            first = pred.float().cpu()
-        else:
-            n += len(spot)
-    sync(device)
-    assert first is not None
-    return n / (time.perf_counter() - t0), first
+            pred = self.model(spot, region).pred
+        sync(device)
+        self.times.append(time.perf_counter() - t0)
+        if self.first is None:
+            self.first = pred.float().cpu()
+
+    def spots_s(self, batch: int) -> float:
+        """Best step after the warm-up one: the least disturbed by other processes on a shared machine."""
+        return batch / min(self.times[1:])
+
+
+def interleaved(variants: dict[str, Variant], batches: list[dict[str, torch.Tensor]], steps: int, train: bool,
+                device: torch.device) -> dict[str, float]:
+    """Run the variants step by step in turn (warm-up step + `steps`), so load from elsewhere hits all alike."""
+    for step in range(steps + 1):
+        for v in variants.values():
+            b = batches[step % len(batches)]
+            (v.train_step if train else v.infer_step)(b, device)
+    return {k: v.spots_s(len(batches[0]["spot"])) for k, v in variants.items()}
 
 
 def take_batches(patches: Any, batch: int, count: int, device: torch.device) -> list[dict[str, torch.Tensor]]:
@@ -283,7 +290,7 @@ def run_profile(name: str, args: argparse.Namespace, device: torch.device, peak_
     res["cache"] = {"source": source, "spots": len(patches), "prepare_s": time.perf_counter() - t0}
 
     lb = 16
-    loader_batches = 3 if args.quick else 8
+    loader_batches = 4 if args.quick else 10
     loader: dict[str, Any] = {}
     for workers in (0, 1):
         sps = time_loader(spot_loader(patches, lb, workers), loader_batches, device)
@@ -304,19 +311,15 @@ def run_profile(name: str, args: argparse.Namespace, device: torch.device, peak_
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    train: dict[str, float] = {}
-    for cl in (True, False):
-        train[f"channels_last_{'on' if cl else 'off'}"] = time_train(model, train_batches, steps, cl, device)
-    infer: dict[str, float] = {}
-    for cl in (True, False):
-        infer[f"channels_last_{'on' if cl else 'off'}"], ref = time_infer(model, infer_batches, steps, cl, device)
-        if cl:
-            batched_pred = ref
-    model.level_map = types.MethodType(looped_level_map, model)  # type: ignore[method-assign]
-    infer["hism_tile_loop"], loop_pred = time_infer(model, infer_batches, steps, True, device)
-    del model.level_map
-    res["hism_loop_max_abs_diff"] = float((loop_pred - batched_pred).abs().max())
+    train = interleaved({"channels_last_on": Variant(model, True), "channels_last_off": Variant(model, False)},
+                        train_batches, steps, True, device)
+    iv = {"channels_last_on": Variant(model, True), "channels_last_off": Variant(model, False),
+          "hism_tile_loop": Variant(model, True, looped=True)}
+    infer = interleaved(iv, infer_batches, steps, False, device)
+    assert iv["hism_tile_loop"].first is not None and iv["channels_last_on"].first is not None
+    res["hism_loop_max_abs_diff"] = float((iv["hism_tile_loop"].first - iv["channels_last_on"].first).abs().max())
     res["train_spots_s"], res["infer_spots_s"] = train, infer
+    del iv
 
     best_train = max(train.values())
     best_infer = max(v for k, v in infer.items() if k != "hism_tile_loop")
@@ -336,7 +339,10 @@ def table(results: list[dict[str, Any]], env: dict[str, Any]) -> str:
     lines = [f"device {env['device']}, {env['threads']} threads, torch {env['torch']}; roofline "
              f"{env['roofline_gflops']:.0f} GFLOP/s = max(matmul {env['matmul_gflops']:.0f}, 3x3 conv "
              f"{env['conv3x3_gflops']:.0f}) ({env['matmul_dtype']}); RL = achieved model FLOP/s / roofline "
-             f"(RL vs matmul alone: x{env['roofline_gflops'] / env['matmul_gflops']:.2f})"]
+             f"(RL vs matmul alone: x{env['roofline_gflops'] / env['matmul_gflops']:.2f}); load average "
+             f"{env['load_average_1min_at_start']:.1f} -> {env['load_average_1min_at_end']:.1f} on "
+             f"{os.cpu_count()} CPUs",
+             "speeds: best step after a warm-up one (train/infer), steady state after prefetch (loader)"]
     head = f"{'profile':<8}{'params M':>9}{'GMAC/spot':>10}{'load w0':>9}{'load w1':>9}{'ms/spot/w':>10}" \
            f"{'train/s':>9}{'train RL':>9}{'infer/s':>9}{'infer RL':>9}{'RSS MB':>8}"
     lines += [head, "-" * len(head)]
@@ -393,12 +399,14 @@ def main(argv: list[str] | None = None) -> int:
            "threads": torch.get_num_threads(), "matmul_gflops": mm, "matmul_n": n, "conv3x3_gflops": conv,
            "roofline_gflops": gflops,
            "matmul_dtype": "fp32" if device.type == "cpu" else "bf16/fp16", "torch": torch.__version__,
+           "load_average_1min_at_start": os.getloadavg()[0],
            "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])}
     results = []
     with tempfile.TemporaryDirectory(prefix="hifusion-throughput-") as tmp:
         for name in names:
             results.append(run_profile(name, args, device, gflops, Path(tmp)))
             print(f"[throughput] {name} done in {results[-1]['seconds']:.0f} s", file=sys.stderr, flush=True)
+    env["load_average_1min_at_end"] = os.getloadavg()[0]
     out = {"env": env, "profiles": results}
     text = json.dumps(out, indent=2)
     print(text)

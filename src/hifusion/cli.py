@@ -77,17 +77,36 @@ ConfigArg = Annotated[Path, typer.Argument(help="YAML config (see configs/).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a config key: train.epochs=5.")]
 OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Results folder (default: output/name).")]
 ResumeOpt = Annotated[bool, typer.Option(help="Continue an interrupted run in the same folder.")]
+DevicesOpt = Annotated[str | None, typer.Option(help="train.devices: devices per node (2, -1 = all, or 0,1).")]
+NodesOpt = Annotated[int | None, typer.Option("--num-nodes", help="train.num_nodes: machines in the run.")]
+StrategyOpt = Annotated[str | None, typer.Option(help="train.strategy: auto | ddp | ddp_spawn | ... (Lightning).")]
+AcceleratorOpt = Annotated[str | None, typer.Option(help="train.accelerator: auto | cpu | gpu | cuda | mps.")]
+
+
+def _scale_sets(set_: list[str] | None, devices: str | None, num_nodes: int | None, strategy: str | None,
+                accelerator: str | None) -> list[str]:
+    """Map the distributed-training options onto `--set train.*` overrides (they win over the YAML and --set)."""
+    out = list(set_ or [])
+    for key, value in (("devices", devices), ("num_nodes", num_nodes), ("strategy", strategy),
+                       ("accelerator", accelerator)):
+        if value is not None:
+            out.append(f"train.{key}={value}")
+    return out
 
 
 def _print_summary(result: object) -> None:
     from hifusion.evaluate.report import summary_table
 
+    if result.report is None:  # type: ignore[attr-defined]  # a non-zero DDP rank: rank 0 reports
+        return
     typer.echo(summary_table(result.metrics))  # type: ignore[attr-defined]
     typer.echo(f"\nreport: {result.report}  ({result.seconds / 60:.1f} min)")  # type: ignore[attr-defined]
 
 
 @app.command()
-def train(config: ConfigArg, out: OutOpt = None, resume: ResumeOpt = False, set_: SetOpt = None) -> None:
+def train(config: ConfigArg, out: OutOpt = None, resume: ResumeOpt = False, set_: SetOpt = None,
+          devices: DevicesOpt = None, num_nodes: NodesOpt = None, strategy: StrategyOpt = None,
+          accelerator: AcceleratorOpt = None) -> None:
     """Train the config's model on its protocol's training sections and score the test sections.
 
     The mean-profile floor is scored next to it on the same sections.
@@ -95,19 +114,21 @@ def train(config: ConfigArg, out: OutOpt = None, resume: ResumeOpt = False, set_
     from hifusion.config import ModelConfig, load_config
     from hifusion.evaluate.protocols import run_benchmark
 
-    cfg = load_config(config, set_)
+    cfg = load_config(config, _scale_sets(set_, devices, num_nodes, strategy, accelerator))
     models = [cfg.model] + ([] if cfg.model.name == "mean_profile" else [ModelConfig(name="mean_profile")])
     result = run_benchmark(cfg, out or cfg.output / cfg.name, models=models, resume=resume, title="Training run")
     _print_summary(result)
 
 
 @app.command()
-def benchmark(config: ConfigArg, out: OutOpt = None, resume: ResumeOpt = False, set_: SetOpt = None) -> None:
+def benchmark(config: ConfigArg, out: OutOpt = None, resume: ResumeOpt = False, set_: SetOpt = None,
+              devices: DevicesOpt = None, num_nodes: NodesOpt = None, strategy: StrategyOpt = None,
+              accelerator: AcceleratorOpt = None) -> None:
     """Train and evaluate every model of the config on every split; write report.md, tables, maps."""
     from hifusion.config import load_config
     from hifusion.evaluate.protocols import run_benchmark
 
-    cfg = load_config(config, set_)
+    cfg = load_config(config, _scale_sets(set_, devices, num_nodes, strategy, accelerator))
     result = run_benchmark(cfg, out or cfg.output / cfg.name, resume=resume)
     _print_summary(result)
 

@@ -146,3 +146,16 @@ def test_load_cache_errors(make_her2st, tmp_path):
     with pytest.raises(InputError, match="patch file") as e:
         PatchFile(out / "T1.patches.h5")
     assert "T1.patches.h5" in str(e.value)
+
+
+def test_shards_cover_every_section_once_and_rerun_skips(make_her2st, tmp_path, monkeypatch):
+    root = make_her2st(("T1", "T2", "T3"))
+    out = tmp_path / "cache"
+    first = prepare_sections("her2st", root, None, out, **KW, shard="0/2")
+    second = prepare_sections("her2st", root, None, out, **KW, shard="1/2")
+    names = [p.name for p in first + second]
+    assert sorted(names) == ["T1.h5ad", "T2.h5ad", "T3.h5ad"] and len(set(names)) == len(names)
+    assert cache_sections(out) == ["T1", "T2", "T3"]
+    monkeypatch.setattr(prep, "_prepare_one", lambda *a, **k: pytest.fail("redone"))
+    for shard in ("0/2", "1/2"):  # a rerun of either shard (e.g. a requeued array task) skips what is done
+        prepare_sections("her2st", root, None, out, **KW, shard=shard)

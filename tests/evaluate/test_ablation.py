@@ -40,7 +40,10 @@ def test_default_axes_are_the_papers(tmp_path: Path) -> None:
     cpu = _cfg(tmp_path, model={"name": "hifusion", "options": {"levels": [1, 4, 16]}})
     assert {a.option: a.values for a in default_axes(cpu)}["levels"] == [[1], [1, 4], [1, 4, 16]]
     assert {a.option: a.values for a in default_axes(_cfg(tmp_path, model={"name": "hifusion"}))}["levels"] == [
-        [1], [1, 4], [1, 4, 49]]
+        [1],
+        [1, 4],
+        [1, 4, 49],
+    ]
 
 
 def test_each_variant_changes_exactly_one_option(tmp_path: Path) -> None:
@@ -97,9 +100,15 @@ def test_every_variant_builds_and_trains_a_step(tmp_path: Path) -> None:
 
 def test_tiny_ablation_end_to_end(tmp_path: Path) -> None:
     root = write_dataset(tmp_path / "raw")
-    cfg = _cfg(tmp_path, root, ablation=[{"option": "tokens", "values": [1, 2]},
-                                         {"option": "region_factor", "values": [1.5, 2, 3]},
-                                         {"option": "use_ccf", "values": [False]}])
+    cfg = _cfg(
+        tmp_path,
+        root,
+        ablation=[
+            {"option": "tokens", "values": [1, 2]},
+            {"option": "region_factor", "values": [1.5, 2, 3]},
+            {"option": "use_ccf", "values": [False]},
+        ],
+    )
     res = run_ablation(cfg, tmp_path / "abl", only=["tokens", "region"], command="hifusion ablate tiny")
     assert res.report.is_file() and (res.out / "report.md").is_file()
     table = pd.read_csv(res.out / "ablation.csv")

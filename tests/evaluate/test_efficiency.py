@@ -10,21 +10,36 @@ import pandas as pd
 from hifusion.evaluate.efficiency import PROFILES, Profile, efficiency_table, markdown_table, write_efficiency
 from hifusion.models import list_models
 
-TINY = Profile("tiny", 16, batch=2, section_spots=6, options={
-    "hifusion": {"levels": [1, 4], "tokens": 1, "heads": 2, "embed_dim": 32, "spot_encoder": "resnet10"},
-    "stnet": {"encoder": "resnet10"},
-    "histogene": {"patch_px": 8, "dim": 16, "depth": 1, "heads": 2},
-    "hist2st": {"patch_px": 8, "channels": 8, "patch": 4, "kernel": 3, "dim": 16, "depth": 1, "heads": 2,
-                "gnn_depth": 1},
-    "triplex": {"encoder": "resnet10", "dim": 16, "heads": 2, "neighbour_depth": 1, "global_depth": 1},
-    "linear_probe": {"encoder": "resnet10", "n_components": 4},
-    "bleep": {"encoder": "resnet10", "proj_dim": 16},
-})
+TINY = Profile(
+    "tiny",
+    16,
+    batch=2,
+    section_spots=6,
+    options={
+        "hifusion": {"levels": [1, 4], "tokens": 1, "heads": 2, "embed_dim": 32, "spot_encoder": "resnet10"},
+        "stnet": {"encoder": "resnet10"},
+        "histogene": {"patch_px": 8, "dim": 16, "depth": 1, "heads": 2},
+        "hist2st": {
+            "patch_px": 8,
+            "channels": 8,
+            "patch": 4,
+            "kernel": 3,
+            "dim": 16,
+            "depth": 1,
+            "heads": 2,
+            "gnn_depth": 1,
+        },
+        "triplex": {"encoder": "resnet10", "dim": 16, "heads": 2, "neighbour_depth": 1, "global_depth": 1},
+        "linear_probe": {"encoder": "resnet10", "n_components": 4},
+        "bleep": {"encoder": "resnet10", "proj_dim": 16},
+    },
+)
 
 
 def test_every_registered_model_gets_a_sane_row(tmp_path: Path) -> None:
-    table = efficiency_table(profiles=[TINY, Profile("tiny32", 32, batch=2, section_spots=6, options=TINY.options)],
-                             iters=1)
+    table = efficiency_table(
+        profiles=[TINY, Profile("tiny32", 32, batch=2, section_spots=6, options=TINY.options)], iters=1
+    )
     assert set(table["model"]) == set(list_models())
     assert len(table) == 2 * len(list_models())
     for col in ("params_m", "gmac_per_spot", "ms_per_spot", "peak_mem_mb"):

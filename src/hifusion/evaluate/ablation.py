@@ -30,8 +30,13 @@ ABLATION_CSV = "ablation.csv"
 DEFAULT_TOKENS = [1, 2, 3, 4]
 DEFAULT_REGION_FACTORS = [1.0, 1.5, 2.0, 3.0]
 LINE_AXES = {"tokens": "spot tokens (t x t)", REGION_FACTOR: "neighbour view side / spot side"}
-_TABLE = ((M.MSE, "MSE"), (M.MAE, "MAE"), (M.PCC_SPOT, "PCC-spot"), (M.PCC_GENE, "PCC-gene"),
-          (M.PCC_GENE_TOP50, "PCC-gene top-50"))
+_TABLE = (
+    (M.MSE, "MSE"),
+    (M.MAE, "MAE"),
+    (M.PCC_SPOT, "PCC-spot"),
+    (M.PCC_GENE, "PCC-gene"),
+    (M.PCC_GENE_TOP50, "PCC-gene top-50"),
+)
 
 
 @dataclass
@@ -62,8 +67,11 @@ def model_defaults() -> dict[str, Any]:
 
     from hifusion.models import model_entry
 
-    return {k: p.default for k, p in model_entry("hifusion").parameters().items()
-            if p.default is not inspect.Parameter.empty}
+    return {
+        k: p.default
+        for k, p in model_entry("hifusion").parameters().items()
+        if p.default is not inspect.Parameter.empty
+    }
 
 
 def _norm(value: Any) -> Any:
@@ -118,8 +126,13 @@ def select_axes(axes: list[AblationAxis], only: list[str] | None) -> list[Ablati
     """Keep the axes named in `only` (CLI --only; 'region' and 'alignment'/'ccf' short names accepted)."""
     if not only:
         return axes
-    alias = {"region": REGION_FACTOR, "neighbour": REGION_FACTOR, "alignment": "use_alignment", "ccf": "use_ccf",
-             "align": "use_alignment"}
+    alias = {
+        "region": REGION_FACTOR,
+        "neighbour": REGION_FACTOR,
+        "alignment": "use_alignment",
+        "ccf": "use_ccf",
+        "align": "use_alignment",
+    }
     wanted = [alias.get(o, o) for o in only]
     known = [a.option for a in axes]
     bad = [o for o in wanted if o not in known]
@@ -135,15 +148,21 @@ def make_variants(cfg: Config, axes: list[AblationAxis] | None = None) -> list[V
     allowed = set(defaults) - {"n_genes"}
     base_opts = {k: _norm(v) for k, v in {**defaults, **base.options}.items() if k in allowed}
     base_factor = default_region_factor(cfg)
-    default = Variant(DEFAULT_LABEL, None, None,
-                      ModelConfig(name="hifusion", label=DEFAULT_LABEL, options=dict(base.options), train=base.train),
-                      base_factor)
+    default = Variant(
+        DEFAULT_LABEL,
+        None,
+        None,
+        ModelConfig(name="hifusion", label=DEFAULT_LABEL, options=dict(base.options), train=base.train),
+        base_factor,
+    )
     out = [default]
     seen = {DEFAULT_LABEL}
     for axis in axes if axes is not None else (cfg.ablation or default_axes(cfg)):
         if axis.option != REGION_FACTOR and axis.option not in allowed:
-            raise ConfigError(f"ablation option '{axis.option}' is neither region_factor nor a HiFusion option "
-                              f"({', '.join(sorted(allowed))})")
+            raise ConfigError(
+                f"ablation option '{axis.option}' is neither region_factor nor a HiFusion option "
+                f"({', '.join(sorted(allowed))})"
+            )
         for raw in axis.values:
             value = _norm(raw)
             if axis.option == REGION_FACTOR:
@@ -164,9 +183,16 @@ def make_variants(cfg: Config, axes: list[AblationAxis] | None = None) -> list[V
                 factor = value
             else:
                 opts[axis.option] = value
-            out.append(Variant(label, axis.option, value,
-                               ModelConfig(name="hifusion", label=label, options=opts, train=base.train),
-                               factor, [(axis.option, value)]))
+            out.append(
+                Variant(
+                    label,
+                    axis.option,
+                    value,
+                    ModelConfig(name="hifusion", label=label, options=opts, train=base.train),
+                    factor,
+                    [(axis.option, value)],
+                )
+            )
     return out
 
 
@@ -175,8 +201,9 @@ def variant_changes(variant: Variant, default: Variant) -> dict[str, tuple[Any, 
     defaults = model_defaults()
     a = {**defaults, **default.model.options, REGION_FACTOR: default.region_factor}
     b = {**defaults, **variant.model.options, REGION_FACTOR: variant.region_factor}
-    return {k: (_norm(a.get(k)), _norm(b.get(k))) for k in sorted(set(a) | set(b))
-            if _norm(a.get(k)) != _norm(b.get(k))}
+    return {
+        k: (_norm(a.get(k)), _norm(b.get(k))) for k in sorted(set(a) | set(b)) if _norm(a.get(k)) != _norm(b.get(k))
+    }
 
 
 def ablation_config(cfg: Config, variants: list[Variant]) -> Config:
@@ -199,8 +226,11 @@ def ablation_config(cfg: Config, variants: list[Variant]) -> Config:
 
     have = float((read_manifest(cfg.data.cache) or {}).get("region_factor", 0.0))
     if have < need:
-        raise ConfigError(f"the ablation needs region factor {need:g} but the cache holds {have:g}; prepare a cache "
-                          f"with --region-factor {need:g} (or add data.prepare to the config)", cfg.data.cache)
+        raise ConfigError(
+            f"the ablation needs region factor {need:g} but the cache holds {have:g}; prepare a cache "
+            f"with --region-factor {need:g} (or add data.prepare to the config)",
+            cfg.data.cache,
+        )
     return new
 
 
@@ -213,8 +243,15 @@ class AblationResult:
     seconds: float
 
 
-def run_ablation(cfg: Config, out: Path, *, resume: bool = False, only: list[str] | None = None,
-                 command: str | None = None, floor: bool = True) -> AblationResult:
+def run_ablation(
+    cfg: Config,
+    out: Path,
+    *,
+    resume: bool = False,
+    only: list[str] | None = None,
+    command: str | None = None,
+    floor: bool = True,
+) -> AblationResult:
     """Train every variant (and the mean-profile floor) under the config's protocol; write ablation.md and plots."""
     from hifusion.evaluate.protocols import run_benchmark
 
@@ -227,48 +264,93 @@ def run_ablation(cfg: Config, out: Path, *, resume: bool = False, only: list[str
     models = [v.model for v in variants] + ([ModelConfig(name="mean_profile")] if floor else [])
     factors = {v.label: v.region_factor for v in variants}
     print(f"[hifusion] ablation: {len(variants)} HiFusion variants ({', '.join(factors)})", file=sys.stderr)
-    res = run_benchmark(run_cfg, out, models=models, resume=resume, command=command or " ".join(sys.argv),
-                        figures=False, title="Ablation (benchmark tables)", region_factors=factors)
-    table = ablation_table(res.metrics, res.per_gene, variants)
+    res = run_benchmark(
+        run_cfg,
+        out,
+        models=models,
+        resume=resume,
+        command=command or " ".join(sys.argv),
+        figures=False,
+        title="Ablation (benchmark tables)",
+        region_factors=factors,
+    )
+    table = ablation_table(res.metrics, res.per_gene, variants, axes)
     make_dir(out / "figures")
     figs = ablation_figures(out / "figures", table, variants, axes)
     atomic_write_text(out / ABLATION_CSV, table.to_csv(index=False))
     spec = [{"option": a.option, "values": [_norm(v) for v in a.values]} for a in axes]
-    atomic_write_text(out / "ablation.json", json.dumps({"axes": spec, "variants": [
-        {"label": v.label, "option": v.option, "value": v.value, "options": v.model.options,
-         "region_factor": v.region_factor, "stands_for": v.stands_for} for v in variants]}, indent=2, default=str))
-    report = write_ablation_report(out, table, variants, axes, figs, command=command or " ".join(sys.argv),
-                                   seconds=res.seconds)
+    atomic_write_text(
+        out / "ablation.json",
+        json.dumps(
+            {
+                "axes": spec,
+                "variants": [
+                    {
+                        "label": v.label,
+                        "option": v.option,
+                        "value": v.value,
+                        "options": v.model.options,
+                        "region_factor": v.region_factor,
+                        "stands_for": v.stands_for,
+                    }
+                    for v in variants
+                ],
+            },
+            indent=2,
+            default=str,
+        ),
+    )
+    report = write_ablation_report(
+        out, table, variants, axes, figs, command=command or " ".join(sys.argv), seconds=res.seconds
+    )
     return AblationResult(out=out, table=table, report=report, figures=figs, seconds=res.seconds)
 
 
-def ablation_table(metrics: pd.DataFrame, per_gene: pd.DataFrame, variants: list[Variant]) -> pd.DataFrame:
+def _entries(variants: list[Variant], axes: list[AblationAxis] | None) -> list[tuple[str | None, Any, str]]:
+    """Table rows in reading order: the default, then each axis's values in spec order (the default in its place)."""
+    default = variants[0]
+    runs = {(v.option, json.dumps(v.value)): v.label for v in variants[1:]}
+    runs.update({(o, json.dumps(val)): DEFAULT_LABEL for o, val in default.stands_for})
+    entries: list[tuple[str | None, Any, str]] = [(None, None, DEFAULT_LABEL)]
+    pairs = [(a.option, _norm(x)) for a in axes for x in a.values] if axes else []
+    pairs += [(v.option, v.value) for v in variants[1:]]
+    for option, raw in pairs:
+        value = float(raw) if option == REGION_FACTOR else raw
+        label = runs.get((option, json.dumps(value)))
+        if label is not None and (option, value, label) not in entries:
+            entries.append((option, value, label))
+    return entries
+
+
+def ablation_table(
+    metrics: pd.DataFrame, per_gene: pd.DataFrame, variants: list[Variant], axes: list[AblationAxis] | None = None
+) -> pd.DataFrame:
     """One row per (axis, value) incl. the default on every axis: mean/std over test sections, Wilcoxon over genes."""
     from hifusion.evaluate.stats import compare_models
 
-    wide = metrics.pivot_table(index=["model", "split", "section"], columns="metric", values="value",
-                               aggfunc="mean", sort=False)
+    wide = metrics.pivot_table(
+        index=["model", "split", "section"], columns="metric", values="value", aggfunc="mean", sort=False
+    )
     tests = {}
     for metric in ("pcc", "mse"):
         t = compare_models(per_gene, reference=DEFAULT_LABEL, by="gene", metric=metric)
         for _, r in t.iterrows():
             tests[(r["model"], metric)] = (float(r["median_diff"]), float(r["p_value"]), int(r["n"]))
-    default = variants[0]
     rows = []
-    entries: list[tuple[str | None, Any, str]] = [(None, None, DEFAULT_LABEL)]
-    for v in variants[1:]:
-        entries.append((v.option, v.value, v.label))
-    for option, value in default.stands_for:
-        entries.append((option, value, DEFAULT_LABEL))
+    entries = _entries(variants, axes)
     models = set(wide.index.get_level_values("model"))
     entries += [(None, None, m) for m in sorted(models) if m not in {v.label for v in variants}]
     for option, value, model in entries:
         if model not in models:
             continue
         sub = wide.xs(model, level="model")
-        row: dict[str, Any] = {"option": option or "", "value": json.dumps(value) if option else "",
-                               "model": model, "is_default": model == DEFAULT_LABEL,
-                               "n_sections": int(len(sub))}
+        row: dict[str, Any] = {
+            "option": option or "",
+            "value": json.dumps(value) if option else "",
+            "model": model,
+            "is_default": model == DEFAULT_LABEL,
+            "n_sections": int(len(sub)),
+        }
         for key, _ in _TABLE:
             v = sub[key].dropna().to_numpy(np.float64) if key in sub.columns else np.empty(0)
             row[f"{key}_mean"] = float(v.mean()) if v.size else np.nan
@@ -290,8 +372,16 @@ def _fmt_p(p: float) -> str:
     return f"{p:.2e}" if p < 1e-3 else f"{p:.3f}"
 
 
-def write_ablation_report(out: Path, table: pd.DataFrame, variants: list[Variant], axes: list[AblationAxis],
-                          figures: list[Path], *, command: str, seconds: float) -> Path:
+def write_ablation_report(
+    out: Path,
+    table: pd.DataFrame,
+    variants: list[Variant],
+    axes: list[AblationAxis],
+    figures: list[Path],
+    *,
+    command: str,
+    seconds: float,
+) -> Path:
     """`ablation.md`: what each variant changes, the variant x metric table, the paired tests and the plots."""
     default = variants[0]
     opts = ", ".join(f"{k}={json.dumps(v)}" for k, v in default.model.options.items()) or "(builder defaults)"
@@ -309,8 +399,11 @@ def write_ablation_report(out: Path, table: pd.DataFrame, variants: list[Variant
     header = ["Option", "Value", "Run", *(label for _, label in _TABLE), "Δ PCC-gene (p)", "Δ MSE (p)"]
     body = []
     for _, r in table.iterrows():
-        cells = [r["option"] or "-", r["value"] or "-", r["model"] + (" (floor)" if r["model"] == "mean_profile"
-                                                                     else "")]
+        cells = [
+            r["option"] or "-",
+            r["value"] or "-",
+            r["model"] + (" (floor)" if r["model"] == "mean_profile" else ""),
+        ]
         cells += [f"{_fmt(r[f'{k}_mean'])} ± {_fmt(r[f'{k}_std'])}" for k, _ in _TABLE]
         for metric in ("pcc", "mse"):
             if r["is_default"]:
@@ -331,8 +424,9 @@ def write_ablation_report(out: Path, table: pd.DataFrame, variants: list[Variant
     return path
 
 
-def ablation_figures(fig_dir: Path, table: pd.DataFrame, variants: list[Variant],
-                     axes: list[AblationAxis]) -> list[Path]:
+def ablation_figures(
+    fig_dir: Path, table: pd.DataFrame, variants: list[Variant], axes: list[AblationAxis]
+) -> list[Path]:
     """Line plots of PCC-gene and MSE against token count (Figure 2) and neighbour size (Figure 4)."""
     from hifusion.evaluate.plots import plot_ablation_lines
 
@@ -347,9 +441,18 @@ def ablation_figures(fig_dir: Path, table: pd.DataFrame, variants: list[Variant]
         if axis.option == "tokens":
             x = x * x  # number of spot tokens, t x t
         order = np.argsort(x)
-        series = {label: (sub[f"{key}_mean"].to_numpy()[order], sub[f"{key}_std"].to_numpy()[order])
-                  for key, label in ((M.PCC_GENE, "PCC-gene"), (M.MSE, "MSE"))}
+        series = {
+            label: (sub[f"{key}_mean"].to_numpy()[order], sub[f"{key}_std"].to_numpy()[order])
+            for key, label in ((M.PCC_GENE, "PCC-gene"), (M.MSE, "MSE"))
+        }
         xlabel = "number of spot tokens (t x t)" if axis.option == "tokens" else LINE_AXES[axis.option]
-        figs.append(plot_ablation_lines(fig_dir / f"ablation_{axis.option}.png", x[order], series, xlabel=xlabel,
-                                        title=f"HiFusion: {axis.option}"))
+        figs.append(
+            plot_ablation_lines(
+                fig_dir / f"ablation_{axis.option}.png",
+                x[order],
+                series,
+                xlabel=xlabel,
+                title=f"HiFusion: {axis.option}",
+            )
+        )
     return figs

@@ -11,6 +11,7 @@ before the model was built: approximate.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import json
@@ -52,14 +53,19 @@ class Profile:
 
 PROFILES: dict[str, Profile] = {
     "paper": Profile("paper", 224, batch=4, options={"hifusion": {"levels": [1, 4, 49], "tokens": 2}}),
-    "cpu": Profile("cpu", 112, batch=8, options={
-        "hifusion": {"levels": [1, 4, 16], "tokens": 2},
-        "histogene": {"patch_px": 56, "dim": 128, "depth": 4, "heads": 4},
-        "hist2st": {"patch_px": 56, "channels": 32, "dim": 128, "depth": 2, "heads": 4, "gnn_depth": 2},
-        "triplex": {"dim": 128, "heads": 4, "neighbour_depth": 1, "global_depth": 1},
-        "linear_probe": {"encoder": "resnet18"},
-        "bleep": {"encoder": "resnet18"},
-    }),
+    "cpu": Profile(
+        "cpu",
+        112,
+        batch=8,
+        options={
+            "hifusion": {"levels": [1, 4, 16], "tokens": 2},
+            "histogene": {"patch_px": 56, "dim": 128, "depth": 4, "heads": 4},
+            "hist2st": {"patch_px": 56, "channels": 32, "dim": 128, "depth": 2, "heads": 4, "gnn_depth": 2},
+            "triplex": {"dim": 128, "heads": 4, "neighbour_depth": 1, "global_depth": 1},
+            "linear_probe": {"encoder": "resnet18"},
+            "bleep": {"encoder": "resnet18"},
+        },
+    ),
 }
 
 
@@ -106,10 +112,8 @@ def _release_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _prepare(model: torch.nn.Module, kind: str) -> str:
@@ -126,9 +130,10 @@ def _prepare(model: torch.nn.Module, kind: str) -> str:
     return ""
 
 
-def measure(name: str, options: dict[str, Any], profile: Profile, *, device: str = "cpu",
-            iters: int = 2) -> dict[str, Any]:
-    """One model at one profile: build, count FLOPs on the first (warm-up) forward, time `iters` more."""
+def measure(
+    name: str, options: dict[str, Any], profile: Profile, *, device: str = "cpu", iters: int = 2
+) -> dict[str, Any]:
+    """One model at one profile: build, count FLOPs on a first forward, warm up once more, time `iters` passes."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from hifusion.models import create_model, model_entry
@@ -173,6 +178,7 @@ def measure(name: str, options: dict[str, Any], profile: Profile, *, device: str
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     with rss, torch.inference_mode():
+        forward()  # inference-mode warm-up (kernels chosen, buffers allocated)
         t0 = time.perf_counter()
         for _ in range(iters):
             forward()
@@ -181,19 +187,33 @@ def measure(name: str, options: dict[str, Any], profile: Profile, *, device: str
     params = sum(p.numel() for p in model.parameters())
     trainable = 0 if kind in ("fit", "features") else sum(p.numel() for p in model.parameters() if p.requires_grad)
     has_region = region is not None
-    del model, args, spot, region
     return {
-        "model": name, "kind": kind, "profile": profile.name, "spot_px": profile.spot_px,
+        "model": name,
+        "kind": kind,
+        "profile": profile.name,
+        "spot_px": profile.spot_px,
         "region_px": profile.region_px if has_region else 0,
-        "spots_per_forward": n, "options": json.dumps(options, sort_keys=True),
-        "params_m": params / 1e6, "trainable_m": trainable / 1e6, "gmac_per_spot": flops / 2 / 1e9 / n,
-        "ms_per_spot": 1000.0 * seconds / n, "peak_mem_mb": peak / 2**20, "device": str(dev), "iters": iters,
+        "spots_per_forward": n,
+        "options": json.dumps(options, sort_keys=True),
+        "params_m": params / 1e6,
+        "trainable_m": trainable / 1e6,
+        "gmac_per_spot": flops / 2 / 1e9 / n,
+        "ms_per_spot": 1000.0 * seconds / n,
+        "peak_mem_mb": peak / 2**20,
+        "device": str(dev),
+        "iters": iters,
         "note": note,
     }
 
 
-def efficiency_table(models: Sequence[str] | None = None, profiles: Sequence[str | Profile] | None = None, *,
-                     device: str = "cpu", iters: int = 2, progress: bool = False) -> pd.DataFrame:
+def efficiency_table(
+    models: Sequence[str] | None = None,
+    profiles: Sequence[str | Profile] | None = None,
+    *,
+    device: str = "cpu",
+    iters: int = 2,
+    progress: bool = False,
+) -> pd.DataFrame:
     """Rows (model x profile) of `measure`, for every registered model unless `models` names some."""
     from hifusion.models import list_models
 
@@ -214,8 +234,11 @@ def efficiency_table(models: Sequence[str] | None = None, profiles: Sequence[str
             t0 = time.perf_counter()
             row = measure(name, dict(prof.options.get(name, {})), prof, device=device, iters=iters)
             if progress:
-                print(f"[hifusion] efficiency {prof.name:6s} {name:13s} {row['gmac_per_spot']:8.3f} GMAC/spot "
-                      f"{row['ms_per_spot']:9.2f} ms/spot ({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+                print(
+                    f"[hifusion] efficiency {prof.name:6s} {name:13s} {row['gmac_per_spot']:8.3f} GMAC/spot "
+                    f"{row['ms_per_spot']:9.2f} ms/spot ({time.perf_counter() - t0:.1f} s)",
+                    file=sys.stderr,
+                )
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -238,20 +261,26 @@ def markdown_table(table: pd.DataFrame) -> str:
                 cells += ["-"] * 4
                 continue
             r = sub.loc[p]
-            cells += [f"{r['params_m']:.2f}", f"{r['gmac_per_spot']:.3f}", f"{r['ms_per_spot']:.1f}",
-                      f"{r['peak_mem_mb']:.0f}"]
+            cells += [
+                f"{r['params_m']:.2f}",
+                f"{r['gmac_per_spot']:.3f}",
+                f"{r['ms_per_spot']:.1f}",
+                f"{r['peak_mem_mb']:.0f}",
+            ]
         lines.append("| " + " | ".join(cells) + " |")
         note = "; ".join(dict.fromkeys(n for n in sub["note"] if n))
         if note:
             notes.append(f"- {name}: {note}")
     r0 = table.iloc[0]
-    mem = "CUDA max allocated" if str(r0["device"]).startswith("cuda") else "peak rise of process RSS (approximate)"
+    cpu_mem = "peak process RSS during inference minus RSS before the build (approximate)"
+    mem = "CUDA max allocated" if str(r0["device"]).startswith("cuda") else cpu_mem
     foot = [
         "",
         f"Device: {r0['device']} ({torch.get_num_threads()} threads). Inference in eval mode, fp32; spots per "
-        "forward pass " + ", ".join(f"{p}: {_spots(table, p)}" for p in profs)
-        + f"; time = mean of {int(r0['iters'])} forward passes after one warm-up. GMAC = FLOPs / 2 from "
-        f"torch.utils.flop_counter (matmul, conv, attention). Peak MB: {mem}, model build included.",
+        "forward pass "
+        + ", ".join(f"{p}: {_spots(table, p)}" for p in profs)
+        + f"; time = mean of {int(r0['iters'])} forward passes after two warm-ups. GMAC = FLOPs / 2 from "
+        f"torch.utils.flop_counter (matmul, conv, attention). Peak MB: {mem}, weights included.",
         "",
         *notes,
     ]

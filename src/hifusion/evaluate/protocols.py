@@ -24,6 +24,7 @@ from hifusion import constants as C
 from hifusion.config import Config, DataConfig, ModelConfig
 from hifusion.errors import ConfigError
 from hifusion.io import atomic_path, atomic_write_text, make_dir
+from hifusion.train.distributed import is_global_zero, wait_until
 
 DONE_FILE = "done.json"
 PRED_FILE = "predictions.npz"
@@ -45,7 +46,7 @@ def ensure_cache(data_cfg: DataConfig, *, progress: bool = True) -> Path:
         if not cache.is_dir():
             raise ConfigError("patch cache folder not found; run `hifusion prepare` or add data.prepare", cache)
         return cache
-    from hifusion.data.prepare import prepare_sections
+    from hifusion.data.prepare import is_done, list_sections, prepare_sections
 
     p = data_cfg.prepare
     if p.root is None:
@@ -54,6 +55,10 @@ def ensure_cache(data_cfg: DataConfig, *, progress: bool = True) -> Path:
         root = her2st_sample()
     else:
         root = p.root
+    if not is_global_zero():  # under torchrun / SLURM every rank starts here at once: only rank 0 prepares
+        names = list(p.sections) if p.sections else list_sections(p.format, root)
+        wait_until(lambda: all(is_done(cache, s) for s in names), "the patch cache", cache)
+        return cache
     prepare_sections(
         p.format, root, p.sections, cache,
         spot_um=p.spot_um, spot_px=p.spot_px, region_factor=p.region_factor,
@@ -123,10 +128,13 @@ def run_benchmark(
     t0 = time.perf_counter()
     models = models or cfg.benchmark_models()
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not resume:
-        raise ConfigError("results folder exists and is not empty; pass --resume to continue it, or pick --out", out)
-    make_dir(out)
-    atomic_write_text(out / C.RUN_CONFIG, cfg.to_yaml())
+    writer = is_global_zero()  # other ranks of a DDP run (relaunched with the same command) train and write nothing
+    if writer:
+        if out.exists() and any(out.iterdir()) and not resume:
+            raise ConfigError("results folder exists and is not empty; pass --resume to continue it, or pick --out",
+                              out)
+        make_dir(out)
+        atomic_write_text(out / C.RUN_CONFIG, cfg.to_yaml())
 
     cache = ensure_cache(cfg.data)
     patients = cache_patients(cache)
@@ -157,6 +165,8 @@ def run_benchmark(
             mdir = out / "runs" / split.name / m.display
             done = mdir / DONE_FILE
             if resume and done.exists():
+                if not writer:
+                    continue
                 preds = _load_predictions(mdir / PRED_FILE)
                 info = json.loads(done.read_text())
                 stale = [s for s in split.test if np.shape(preds.get(s)) != (len(data.rows[s]), len(data.panel))]
@@ -167,6 +177,8 @@ def run_benchmark(
             else:
                 print(f"[hifusion] {split.name}: fitting {m.display} on {', '.join(split.train)}", file=sys.stderr)
                 res = fit_and_predict(m, cfg.train_for(m), mdata, mdir, resume=resume)
+                if not (writer and res.global_rank == 0):
+                    continue  # a non-zero rank: predictions, files and scores are rank 0's job
                 preds = res.predictions
                 _save_predictions(mdir / PRED_FILE, preds)
                 info = {"seconds": res.seconds, "checkpoint": str(res.checkpoint) if res.checkpoint else None,
@@ -197,6 +209,9 @@ def run_benchmark(
 
     metrics = pd.DataFrame(metric_rows)
     per_gene = pd.concat(gene_frames, ignore_index=True) if gene_frames else pd.DataFrame()
+    if not writer:
+        return BenchmarkResult(out=out, metrics=metrics, per_gene=per_gene, report=None,
+                               seconds=time.perf_counter() - t0)
     from hifusion.evaluate.report import write_report, write_tables
 
     write_tables(out, metrics, per_gene)

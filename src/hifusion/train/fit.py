@@ -37,6 +37,7 @@ class FitResult:
     checkpoint: Path | None = None
     seconds: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
+    global_rank: int = 0  # in DDP, ranks > 0 return no predictions and must write nothing
 
 
 Fitter = Callable[[torch.nn.Module, ModelConfig, TrainConfig, SplitData, Path, bool], FitResult]
@@ -63,7 +64,10 @@ def fit_and_predict(model_cfg: ModelConfig, train_cfg: TrainConfig, data: SplitD
     kind = getattr(model, "input_kind", "spot_region")
     if kind not in _FITTERS:
         raise ConfigError(f"model '{model_cfg.name}' has input kind '{kind}' that no fitter handles")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    from hifusion.train.distributed import is_global_zero
+
+    if is_global_zero():  # other DDP ranks write nothing (and must not make rank 0 see a non-empty results folder)
+        run_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     result = _FITTERS[kind](model, model_cfg, train_cfg, data, run_dir, resume)
     result.seconds = time.perf_counter() - start
@@ -81,11 +85,16 @@ def _fit_closed_form(model: torch.nn.Module, model_cfg: ModelConfig, train_cfg: 
 
 
 # ------------------------------------------------------------------------------------------ Lightning training
+def uses_cuda(cfg: TrainConfig) -> bool:
+    """Whether Lightning will put the model on CUDA for this config."""
+    return torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda")
+
+
 def resolve_precision(cfg: TrainConfig) -> str:
     """bf16 (or fp16) mixed precision on CUDA, full precision on CPU."""
     if cfg.precision != "auto":
         return cfg.precision
-    if torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda"):
+    if uses_cuda(cfg):
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     return "32-true"
 
@@ -95,9 +104,30 @@ def resolve_workers(cfg: TrainConfig) -> int:
     if cfg.num_workers >= 0:
         return cfg.num_workers
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda"):
-        return max(1, min(8, cpus - 1))
+    if uses_cuda(cfg):  # the CPUs are shared by the GPUs of this node: one process per device
+        per_device = cpus // max(1, _local_devices(cfg))
+        return max(1, min(8, per_device - 1))
     return 0
+
+
+def _local_devices(cfg: TrainConfig) -> int:
+    """GPUs this node trains on (devices may be a count, -1, 'auto' or a list string like '0,1')."""
+    d = cfg.devices
+    if isinstance(d, int):
+        return torch.cuda.device_count() if d == -1 else max(1, d)
+    d = str(d).strip()
+    if d in ("auto", "-1"):
+        return max(1, torch.cuda.device_count())
+    if d.isdigit():
+        return max(1, int(d))
+    return max(1, len([x for x in d.strip("[]").split(",") if x.strip()]))
+
+
+def maybe_compile(model: torch.nn.Module, cfg: TrainConfig) -> None:
+    """`train.compile`: compile the model in place (`nn.Module.compile`), so parameter names, checkpoints and
+    `load_state_into` stay as without compilation. Inductor needs a C++ compiler on CPU (and Triton on CUDA)."""
+    if cfg.compile:
+        model.compile()
 
 
 def make_meta(model_cfg: ModelConfig, data: SplitData, norm: dict[str, Any]) -> dict[str, Any]:
@@ -120,6 +150,7 @@ class _SpotDataModule:
     def __init__(self, train_ds: SpotDataset, val_ds: SpotDataset | None, cfg: TrainConfig) -> None:
         self.train_ds, self.val_ds, self.cfg = train_ds, val_ds, cfg
         self.workers = resolve_workers(cfg)
+        self.pin = uses_cuda(cfg)
 
     def loader(self, ds: SpotDataset, shuffle: bool, rank: int, world: int) -> torch.utils.data.DataLoader:
         sampler = EpochSampler(len(ds), shuffle=shuffle, seed=self.cfg.seed, rank=rank, world_size=world)
@@ -128,7 +159,7 @@ class _SpotDataModule:
             batch_size=self.cfg.batch_size,
             sampler=sampler,
             num_workers=self.workers,
-            pin_memory=torch.cuda.is_available(),
+            pin_memory=self.pin,  # page-locked buffers only help host-to-GPU copies
             persistent_workers=self.workers > 0,
             drop_last=False,
         )
@@ -229,8 +260,7 @@ def _fit_spot_model(model: torch.nn.Module, model_cfg: ModelConfig, cfg: TrainCo
 
         check_resumable(last, meta)
     module = ExpressionModule(model, cfg, meta)
-    if cfg.compile:
-        module.model = torch.compile(module.model)  # type: ignore[assignment]
+    maybe_compile(module.model, cfg)
 
     ckpt_dir = run_dir / C.CKPT_DIR
     has_val = val_ds is not None
@@ -278,7 +308,8 @@ def _fit_spot_model(model: torch.nn.Module, model_cfg: ModelConfig, cfg: TrainCo
             preds[s] = predict_rows(module, data.patches[s], data.rows[s], data.spot_px, data.region_px,
                                     batch_size=max(cfg.batch_size, 32))
     return FitResult(predictions=preds, history=history, checkpoint=chosen,
-                     info={"checkpoint_used": chosen.name, "epochs_run": int(trainer.current_epoch)})
+                     info={"checkpoint_used": chosen.name, "epochs_run": int(trainer.current_epoch)},
+                     global_rank=int(trainer.global_rank))
 
 
 def _progress_enabled() -> bool:

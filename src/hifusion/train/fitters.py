@@ -31,6 +31,7 @@ from hifusion.train.fit import (
     _epoch_writer,
     _progress_enabled,
     make_meta,
+    maybe_compile,
     predict_rows,
     register_fitter,
     resolve_precision,
@@ -129,8 +130,7 @@ def _fit_section_model(model: torch.nn.Module, model_cfg: ModelConfig, cfg: Trai
     if callable(init_bias):  # gene heads start at the mean training label (training spots only), as spot models do
         init_bias(torch.as_tensor(data.train_labels().mean(0), dtype=torch.float32))
     module = SectionModule(model, cfg, meta)
-    if cfg.compile:
-        module.model = torch.compile(module.model)  # type: ignore[assignment]
+    maybe_compile(module.model, cfg)
     has_val = val_ds is not None
     callbacks: list[Any] = [
         ModelCheckpoint(dirpath=ckpt_dir, filename=Path(C.CKPT_LAST).stem, monitor=None, save_top_k=1,
@@ -165,7 +165,8 @@ def _fit_section_model(model: torch.nn.Module, model_cfg: ModelConfig, cfg: Trai
             preds[s] = predict_section(module, data.patches[s], data.rows[s], data.array_coords(s, data.rows[s]),
                                        data.spot_px, data.region_px)
     return FitResult(predictions=preds, history=history, checkpoint=chosen,
-                     info={"checkpoint_used": chosen.name, "epochs_run": int(trainer.current_epoch)})
+                     info={"checkpoint_used": chosen.name, "epochs_run": int(trainer.current_epoch)},
+                     global_rank=int(trainer.global_rank))
 
 
 @torch.no_grad()
