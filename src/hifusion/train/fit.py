@@ -214,14 +214,92 @@ def _epoch_writer(path: Path) -> Any:
     return EpochMetricsWriter()
 
 
-@register_fitter("spot_region")
-def _fit_spot_model(model: torch.nn.Module, model_cfg: ModelConfig, cfg: TrainConfig, data: SplitData,
-                    run_dir: Path, resume: bool) -> FitResult:
+def normalisation_for(model_cfg: ModelConfig, data: SplitData, train_secs: list[str]) -> dict[str, Any]:
+    """The run's patch normalisation: per patch (the paper), or statistics of the training patches."""
+    if model_cfg.options.get("normalise", None) is not None:
+        raise ConfigError("set the normalisation under data.normalise, not model options")
+    if data.normalise == "dataset":
+        mean, std = patch_mean_std([data.patches[s] for s in train_secs], [data.train_rows[s] for s in train_secs],
+                                   data.spot_px)
+        return {"mode": "dataset", "mean": mean, "std": std}
+    return {"mode": "patch"}
+
+
+def _quiet_lightning() -> None:
+    """Keep a user's terminal to our progress and results: Lightning's banner lines, tips and deprecation notices
+    about its own internals say nothing the user can act on."""
+    import logging
+    import warnings
+
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                 "lightning.pytorch.accelerators.cuda"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*Experiment logs directory.*exists and is not empty.*")
+
+
+def run_lightning(module: Any, datamodule: Any, cfg: TrainConfig, run_dir: Path, *, has_val: bool,
+                  steps_per_epoch: int, resume: bool) -> tuple[Any, Path, pd.DataFrame | None]:
+    """Train a Lightning module with the package's checkpoint, resume and logging rules.
+
+    `last.ckpt` after every epoch (resumable: optimiser, scheduler and loop state; all randomness is a function of
+    seed, epoch and batch); `best.ckpt` by validation MSE only when a validation split exists, and then the best
+    weights are loaded back. Returns (trainer, checkpoint used, per-epoch history).
+    """
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
-    from hifusion.train.checkpoint import AtomicCheckpointIO
+    from hifusion.train.checkpoint import AtomicCheckpointIO, check_resumable, load_state_into
+
+    _quiet_lightning()
+    ckpt_dir = run_dir / C.CKPT_DIR
+    last, best = ckpt_dir / C.CKPT_LAST, ckpt_dir / C.CKPT_BEST
+    ckpt_path = str(last) if resume and last.exists() else None
+    if ckpt_path:  # integrity (SHA-256), weights-only load and same panel/scale, before Lightning touches it
+        check_resumable(last, module.meta)
+    maybe_compile(module.model, cfg)
+    # a monitor-less top-1 checkpoint named "last": Lightning >= 2.6 writes `save_last` only when a top-k file was
+    # saved in the same step, so without validation a killed run would have nothing to resume from
+    callbacks: list[Any] = [
+        ModelCheckpoint(dirpath=ckpt_dir, filename=last.stem, monitor=None, save_top_k=1, enable_version_counter=False),
+        _epoch_writer(run_dir / C.RUN_METRICS),
+    ]
+    if has_val:
+        callbacks.insert(0, ModelCheckpoint(dirpath=ckpt_dir, filename=best.stem, monitor="val_mse", save_top_k=1,
+                                            enable_version_counter=False))
+        if cfg.val.early_stopping_patience:
+            callbacks.append(EarlyStopping(monitor="val_mse", patience=cfg.val.early_stopping_patience))
+    trainer = L.Trainer(
+        max_epochs=cfg.epochs,
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy=cfg.strategy,
+        precision=resolve_precision(cfg),  # type: ignore[arg-type]
+        logger=CSVLogger(run_dir, name="logs", version=""),
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=None if has_val else 0,
+        enable_model_summary=False,
+        log_every_n_steps=max(1, steps_per_epoch),
+        default_root_dir=run_dir,
+        enable_progress_bar=_progress_enabled(),
+    )
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    chosen = best if has_val and best.exists() else last
+    if chosen == best:
+        load_state_into(module.model, best)
+    history = pd.read_csv(run_dir / C.RUN_METRICS) if (run_dir / C.RUN_METRICS).exists() else None
+    return trainer, chosen, history
+
+
+@register_fitter("spot_region")
+def _fit_spot_model(model: torch.nn.Module, model_cfg: ModelConfig, cfg: TrainConfig, data: SplitData,
+                    run_dir: Path, resume: bool) -> FitResult:
     from hifusion.train.module import ExpressionModule
 
     if cfg.threads:
@@ -242,66 +320,16 @@ def _fit_spot_model(model: torch.nn.Module, model_cfg: ModelConfig, cfg: TrainCo
             [data.label_rows(s, data.val_rows[s]) for s in val_secs],
             spot_px=data.spot_px, region_px=data.region_px,
         )
-    norm: dict[str, Any] = {"mode": "patch"}
-    if model_cfg.options.get("normalise", None) is not None:
-        raise ConfigError("set the normalisation under data.normalise, not model options")
-    if data.normalise == "dataset":
-        mean, std = patch_mean_std([data.patches[s] for s in train_secs], [data.train_rows[s] for s in train_secs],
-                                   data.spot_px)
-        norm = {"mode": "dataset", "mean": mean, "std": std}
+    norm = normalisation_for(model_cfg, data, train_secs)
     init_bias = getattr(model, "init_output_bias", None)
     if callable(init_bias):  # gene heads start at the mean training label (training spots only)
         init_bias(torch.from_numpy(train_ds.labels.mean(0)))
     meta = make_meta(model_cfg, data, norm)
-    last = run_dir / C.CKPT_DIR / C.CKPT_LAST
-    ckpt_path = str(last) if resume and last.exists() else None
-    if ckpt_path:  # integrity (SHA-256), weights-only load and same panel/scale, before Lightning touches it
-        from hifusion.train.checkpoint import check_resumable
-
-        check_resumable(last, meta)
     module = ExpressionModule(model, cfg, meta)
-    maybe_compile(module.model, cfg)
-
-    ckpt_dir = run_dir / C.CKPT_DIR
-    has_val = val_ds is not None
-    # last.ckpt after every epoch (Lightning >= 2.6 writes `save_last` only when a top-k file was saved that step,
-    # so a killed run would have nothing to resume from): a monitor-less top-1 checkpoint named "last"
-    callbacks: list[Any] = [
-        ModelCheckpoint(dirpath=ckpt_dir, filename=Path(C.CKPT_LAST).stem, monitor=None, save_top_k=1,
-                        enable_version_counter=False),
-        _epoch_writer(run_dir / C.RUN_METRICS),
-    ]
-    if has_val:
-        callbacks.insert(0, ModelCheckpoint(dirpath=ckpt_dir, filename=Path(C.CKPT_BEST).stem, monitor="val_mse",
-                                            save_top_k=1, enable_version_counter=False))
-    if has_val and cfg.val.early_stopping_patience:
-        callbacks.append(EarlyStopping(monitor="val_mse", patience=cfg.val.early_stopping_patience))
-    trainer = L.Trainer(
-        max_epochs=cfg.epochs,
-        accelerator=cfg.accelerator,
-        devices=cfg.devices,
-        num_nodes=cfg.num_nodes,
-        strategy=cfg.strategy,
-        precision=resolve_precision(cfg),  # type: ignore[arg-type]
-        logger=CSVLogger(run_dir, name="logs", version=""),
-        callbacks=callbacks,
-        plugins=[AtomicCheckpointIO()],
-        use_distributed_sampler=False,
-        num_sanity_val_steps=0,
-        enable_model_summary=False,
-        log_every_n_steps=max(1, math.ceil(len(train_ds) / cfg.batch_size)),
-        default_root_dir=run_dir,
-        enable_progress_bar=_progress_enabled(),
-    )
-    trainer.fit(module, datamodule=_datamodule(_SpotDataModule(train_ds, val_ds, cfg)), ckpt_path=ckpt_path)
-
-    best = ckpt_dir / C.CKPT_BEST
-    chosen = best if has_val and best.exists() else last
-    if has_val and best.exists():
-        from hifusion.train.checkpoint import load_state_into
-
-        load_state_into(module.model, best)
-    history = pd.read_csv(run_dir / C.RUN_METRICS) if (run_dir / C.RUN_METRICS).exists() else None
+    steps = math.ceil(len(train_ds) / cfg.batch_size)
+    trainer, chosen, history = run_lightning(module, _datamodule(_SpotDataModule(train_ds, val_ds, cfg)), cfg,
+                                             run_dir, has_val=val_ds is not None, steps_per_epoch=steps,
+                                             resume=resume)
     preds = {}
     if trainer.is_global_zero:
         for s in data.test_sections:

@@ -12,44 +12,29 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
 from hifusion import constants as C
 from hifusion.config import ModelConfig, TrainConfig
-from hifusion.data.datasets import EpochSampler, SectionDataset, SpotDataset, patch_mean_std
+from hifusion.data.datasets import EpochSampler, SectionDataset, SpotDataset
 from hifusion.data.splitdata import SplitData
 from hifusion.errors import ConfigError
 from hifusion.train.fit import (
     _FITTERS,
     FitResult,
-    _epoch_writer,
-    _progress_enabled,
     make_meta,
-    maybe_compile,
+    normalisation_for,
     predict_rows,
     register_fitter,
-    resolve_precision,
     resolve_workers,
+    run_lightning,
 )
 
 __all__ = ["predict_section", "save_model_checkpoint"]
-
-
-def _normalisation(model_cfg: ModelConfig, data: SplitData, train_secs: list[str]) -> dict[str, Any]:
-    """The patch normalisation of the run (as the spot fitter decides it): per patch, or training-set statistics."""
-    if model_cfg.options.get("normalise", None) is not None:
-        raise ConfigError("set the normalisation under data.normalise, not model options")
-    if data.normalise == "dataset":
-        mean, std = patch_mean_std([data.patches[s] for s in train_secs], [data.train_rows[s] for s in train_secs],
-                                   data.spot_px)
-        return {"mode": "dataset", "mean": mean, "std": std}
-    return {"mode": "patch"}
 
 
 def save_model_checkpoint(model: torch.nn.Module, meta: dict[str, Any], path: Path) -> Path:
@@ -103,11 +88,6 @@ def _section_datamodule(train_ds: SectionDataset, val_ds: SectionDataset | None,
 @register_fitter("section")
 def _fit_section_model(model: torch.nn.Module, model_cfg: ModelConfig, cfg: TrainConfig, data: SplitData,
                        run_dir: Path, resume: bool) -> FitResult:
-    import lightning as L
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
-
-    from hifusion.train.checkpoint import AtomicCheckpointIO
     from hifusion.train.module import SectionModule
 
     if cfg.threads:
@@ -118,47 +98,14 @@ def _fit_section_model(model: torch.nn.Module, model_cfg: ModelConfig, cfg: Trai
         raise ConfigError(f"split {data.split.name}: no training spots")
     val_ds = _section_dataset(data, data.val_rows, True, with_region)
     train_secs = [s for s in data.train_rows if len(data.train_rows[s])]
-    meta = make_meta(model_cfg, data, _normalisation(model_cfg, data, train_secs))
-    ckpt_dir = run_dir / C.CKPT_DIR
-    last = ckpt_dir / C.CKPT_LAST
-    ckpt_path = str(last) if resume and last.exists() else None
-    if ckpt_path:
-        from hifusion.train.checkpoint import check_resumable
-
-        check_resumable(last, meta)
+    meta = make_meta(model_cfg, data, normalisation_for(model_cfg, data, train_secs))
     init_bias = getattr(model, "init_output_bias", None)
     if callable(init_bias):  # gene heads start at the mean training label (training spots only), as spot models do
         init_bias(torch.as_tensor(data.train_labels().mean(0), dtype=torch.float32))
     module = SectionModule(model, cfg, meta)
-    maybe_compile(module.model, cfg)
-    has_val = val_ds is not None
-    callbacks: list[Any] = [
-        ModelCheckpoint(dirpath=ckpt_dir, filename=Path(C.CKPT_LAST).stem, monitor=None, save_top_k=1,
-                        enable_version_counter=False),
-        _epoch_writer(run_dir / C.RUN_METRICS),
-    ]
-    if has_val:
-        callbacks.insert(0, ModelCheckpoint(dirpath=ckpt_dir, filename=Path(C.CKPT_BEST).stem, monitor="val_mse",
-                                            save_top_k=1, enable_version_counter=False))
-        if cfg.val.early_stopping_patience:
-            callbacks.append(EarlyStopping(monitor="val_mse", patience=cfg.val.early_stopping_patience))
-    trainer = L.Trainer(
-        max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
-        strategy=cfg.strategy, precision=resolve_precision(cfg),  # type: ignore[arg-type]
-        logger=CSVLogger(run_dir, name="logs", version=""), callbacks=callbacks, plugins=[AtomicCheckpointIO()],
-        use_distributed_sampler=False, num_sanity_val_steps=0, enable_model_summary=False,
-        log_every_n_steps=max(1, math.ceil(len(train_ds))), default_root_dir=run_dir,
-        enable_progress_bar=_progress_enabled(),
-    )
-    trainer.fit(module, datamodule=_section_datamodule(train_ds, val_ds, cfg), ckpt_path=ckpt_path)
-
-    best = ckpt_dir / C.CKPT_BEST
-    chosen = best if has_val and best.exists() else last
-    if has_val and best.exists():
-        from hifusion.train.checkpoint import load_state_into
-
-        load_state_into(module.model, best)
-    history = pd.read_csv(run_dir / C.RUN_METRICS) if (run_dir / C.RUN_METRICS).exists() else None
+    trainer, chosen, history = run_lightning(module, _section_datamodule(train_ds, val_ds, cfg), cfg, run_dir,
+                                             has_val=val_ds is not None, steps_per_epoch=len(train_ds),
+                                             resume=resume)
     preds = {}
     if trainer.is_global_zero:
         for s in data.test_sections:
@@ -213,7 +160,7 @@ def _fit_features_model(model: torch.nn.Module, model_cfg: ModelConfig, cfg: Tra
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     train_secs = [s for s in data.train_rows if len(data.train_rows[s])]
-    meta = make_meta(model_cfg, data, _normalisation(model_cfg, data, train_secs))
+    meta = make_meta(model_cfg, data, normalisation_for(model_cfg, data, train_secs))
     module = ExpressionModule(model, cfg, meta)
     if torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda"):
         module = module.cuda()
