@@ -79,9 +79,13 @@ class ExpressionModule(L.LightningModule):
         state = np.random.SeedSequence([self.cfg.seed, self.current_epoch, batch_idx, self.global_rank])
         torch.manual_seed(int(state.generate_state(1)[0]))
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def run_model(self, batch: dict[str, torch.Tensor]) -> Any:
+        """Preprocess a uint8 batch and call the model the way its input kind needs."""
         spot, region = self.preprocess(batch)
-        out = self.model(spot, region)
+        return self.model(spot, region)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        out = self.run_model(batch)
         total, parts = self.loss_fn(self.model, out, batch["y"].float())
         bs = batch["y"].shape[0]
         self.log("train_loss", total.detach(), on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
@@ -90,8 +94,7 @@ class ExpressionModule(L.LightningModule):
         return total
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        spot, region = self.preprocess(batch)
-        pred = self.model(spot, region).pred.float()
+        pred = self.run_model(batch).pred.float()
         self._val_outputs.append((batch["index"], pred.detach(), batch["y"].float()))
 
     def on_validation_epoch_end(self) -> None:
@@ -142,17 +145,6 @@ class SectionModule(ExpressionModule):
     def forward(self, spot: torch.Tensor, region: torch.Tensor | None, coords: torch.Tensor | None = None) -> Any:
         return self.model(spot, region, coords)
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def run_model(self, batch: dict[str, torch.Tensor]) -> Any:
         spot, region = self.preprocess(batch)
-        out = self.model(spot, region, batch["coords"])
-        total, parts = self.loss_fn(self.model, out, batch["y"].float())
-        n = batch["y"].shape[0]
-        self.log("train_loss", total.detach(), on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
-        for k, v in parts.items():
-            self.log(f"train_{k}", v.detach(), on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
-        return total
-
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        spot, region = self.preprocess(batch)
-        pred = self.model(spot, region, batch["coords"]).pred.float()
-        self._val_outputs.append((batch["index"], pred.detach(), batch["y"].float()))
+        return self.model(spot, region, batch["coords"])
