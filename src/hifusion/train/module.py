@@ -37,7 +37,7 @@ def normalise_images(x: torch.Tensor, mode: str, mean: list[float] | None, std: 
 
 
 def memory_format(channels_last: bool | None, device: torch.device) -> torch.memory_format:
-    """channels_last speeds up CUDA convolutions but slowed CPU training here (10-39%), so `None` = CUDA only."""
+    """Memory format of the image batches; `None` means channels_last on CUDA only."""
     use = device.type == "cuda" if channels_last is None else channels_last
     return torch.channels_last if use else torch.contiguous_format
 
