@@ -33,6 +33,7 @@ class SplitData:
     region_px: int
     pixel_size: float
     normalise: str = "patch"
+    norm_stats: dict[str, Any] | None = None  # dataset normalisation, computed once per split (train.fit)
     top50: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @property

@@ -214,14 +214,17 @@ def _epoch_writer(path: Path) -> Any:
     return EpochMetricsWriter()
 
 
-def normalisation_for(model_cfg: ModelConfig, data: SplitData, train_secs: list[str]) -> dict[str, Any]:
+def normalisation_for(model_cfg: ModelConfig, data: SplitData) -> dict[str, Any]:
     """The run's patch normalisation: per patch (the paper), or statistics of the training patches."""
     if model_cfg.options.get("normalise", None) is not None:
         raise ConfigError("set the normalisation under data.normalise, not model options")
     if data.normalise == "dataset":
-        mean, std = patch_mean_std([data.patches[s] for s in train_secs], [data.train_rows[s] for s in train_secs],
-                                   data.spot_px)
-        return {"mode": "dataset", "mean": mean, "std": std}
+        if data.norm_stats is None:  # every model of a split shares the same training patches: read them once
+            train_secs = [s for s in data.train_rows if len(data.train_rows[s])]
+            mean, std = patch_mean_std([data.patches[s] for s in train_secs],
+                                       [data.train_rows[s] for s in train_secs], data.spot_px)
+            data.norm_stats = {"mode": "dataset", "mean": mean, "std": std}
+        return dict(data.norm_stats)
     return {"mode": "patch"}
 
 
@@ -320,7 +323,7 @@ def _fit_spot_model(model: torch.nn.Module, model_cfg: ModelConfig, cfg: TrainCo
             [data.label_rows(s, data.val_rows[s]) for s in val_secs],
             spot_px=data.spot_px, region_px=data.region_px,
         )
-    norm = normalisation_for(model_cfg, data, train_secs)
+    norm = normalisation_for(model_cfg, data)
     init_bias = getattr(model, "init_output_bias", None)
     if callable(init_bias):  # gene heads start at the mean training label (training spots only)
         init_bias(torch.from_numpy(train_ds.labels.mean(0)))

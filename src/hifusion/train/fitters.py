@@ -97,8 +97,7 @@ def _fit_section_model(model: torch.nn.Module, model_cfg: ModelConfig, cfg: Trai
     if train_ds is None:
         raise ConfigError(f"split {data.split.name}: no training spots")
     val_ds = _section_dataset(data, data.val_rows, True, with_region)
-    train_secs = [s for s in data.train_rows if len(data.train_rows[s])]
-    meta = make_meta(model_cfg, data, normalisation_for(model_cfg, data, train_secs))
+    meta = make_meta(model_cfg, data, normalisation_for(model_cfg, data))
     init_bias = getattr(model, "init_output_bias", None)
     if callable(init_bias):  # gene heads start at the mean training label (training spots only), as spot models do
         init_bias(torch.as_tensor(data.train_labels().mean(0), dtype=torch.float32))
@@ -160,7 +159,7 @@ def _fit_features_model(model: torch.nn.Module, model_cfg: ModelConfig, cfg: Tra
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     train_secs = [s for s in data.train_rows if len(data.train_rows[s])]
-    meta = make_meta(model_cfg, data, normalisation_for(model_cfg, data, train_secs))
+    meta = make_meta(model_cfg, data, normalisation_for(model_cfg, data))
     module = ExpressionModule(model, cfg, meta)
     if torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda"):
         module = module.cuda()
