@@ -45,3 +45,11 @@ def test_prepare_missing_root_is_exit_2(tmp_path: Path) -> None:
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert str(tmp_path / "nope") in res.stderr
     assert not (tmp_path / "cache" / "C2.h5ad").exists()
+
+
+def test_ablate_bad_seeds_is_one_line_exit_2(tmp_path: Path) -> None:
+    cfg = Path(__file__).resolve().parents[1] / "configs" / "her2st_c_3d_ablation_cpu.yaml"
+    res = _cli("ablate", str(cfg), "--seeds", "0,one", "--out", str(tmp_path / "abl"))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "--seeds" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "abl").exists()

@@ -42,6 +42,19 @@ def _sections(value: str | None) -> list[str] | None:
     return [s.strip() for s in value.split(",") if s.strip()] if value else None
 
 
+def _ints(value: str | None, option: str) -> list[int] | None:
+    """Comma-separated integers, or a one-line error naming the option."""
+    items = _sections(value)
+    if items is None:
+        return None
+    try:
+        return [int(s) for s in items]
+    except ValueError:
+        from hifusion.errors import ConfigError
+
+        raise ConfigError(f"{option} takes comma-separated integers, got {value!r}") from None
+
+
 @app.command()
 def prepare(
     out: Annotated[Path, typer.Option("--out", "-o", help="Cache folder (one folder per physical scale).")],
@@ -185,6 +198,9 @@ def ablate(
     set_: SetOpt = None,
     only: Annotated[str | None, typer.Option(help="Comma-separated ablation options to run, e.g. tokens,levels "
                                                    "(default: every option of the config's ablation spec).")] = None,
+    seeds: Annotated[str | None, typer.Option(help="Comma-separated training seeds, e.g. 0,1,2: every variant is "
+                                                    "trained once per seed and the report gives the spread over "
+                                                    "seeds (default: train.seed only).")] = None,
 ) -> None:
     """HiFusion variants differing from the config's in one option each (tokens, region, levels, alignment, CCF).
 
@@ -196,7 +212,8 @@ def ablate(
     from hifusion.evaluate.ablation import run_ablation
 
     cfg = load_config(config, set_)
-    result = run_ablation(cfg, out or cfg.output / f"{cfg.name}_ablation", resume=resume, only=_sections(only))
+    result = run_ablation(cfg, out or cfg.output / f"{cfg.name}_ablation", resume=resume, only=_sections(only),
+                          seeds=_ints(seeds, "--seeds"))
     typer.echo(f"ablation: {result.report}  ({result.seconds / 60:.1f} min)")
 
 

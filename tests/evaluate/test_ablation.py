@@ -127,3 +127,27 @@ def test_tiny_ablation_end_to_end(tmp_path: Path) -> None:
     # resuming reuses every finished run
     again = run_ablation(cfg, tmp_path / "abl", only=["tokens", "region"], resume=True)
     assert again.seconds < res.seconds
+
+
+def test_ablation_over_seeds_reports_the_spread(tmp_path: Path) -> None:
+    root = write_dataset(tmp_path / "raw")
+    cfg = _cfg(tmp_path, root, ablation=[{"option": "use_ccf", "values": [False]}])
+    res = run_ablation(cfg, tmp_path / "abl", seeds=[0, 1], command="hifusion ablate tiny --seeds 0,1")
+    for seed in (0, 1):
+        assert (res.out / f"seed{seed}" / "report.md").is_file()
+        assert (res.out / f"seed{seed}" / "runs" / "fixed" / "ccf=off" / C.CKPT_DIR / C.CKPT_LAST).is_file()
+    both = pd.read_csv(res.out / C.RUN_METRICS)
+    assert set(both["seed"]) == {0, 1}
+    table = pd.read_csv(res.out / "ablation.csv").set_index("model")
+    assert (table["n_seeds"] == 2).all()
+    # the spread is the std over seeds of each seed's mean over test sections, read back from the seed folders
+    per_seed = []
+    for seed in (0, 1):
+        m = pd.read_csv(res.out / f"seed{seed}" / C.RUN_METRICS)
+        per_seed.append(m[(m["model"] == "ccf=off") & (m["metric"] == "pcc_gene")]["value"].mean())
+    assert per_seed[0] != per_seed[1]  # the seed really changed the training run
+    assert table.loc["ccf=off", "pcc_gene_seed_std"] == pytest.approx(float(pd.Series(per_seed).std(ddof=0)))
+    assert table.loc["ccf=off", "pcc_gene_mean"] == pytest.approx(sum(per_seed) / 2)
+    text = res.report.read_text()
+    assert "Seeds: 0, 1" in text and "seed SD PCC-gene" in text
+    assert json.loads((res.out / "ablation.json").read_text())["seeds"] == [0, 1]

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from hifusion import constants as C
 from hifusion.config import AblationAxis, Config, ModelConfig
 from hifusion.errors import ConfigError
 from hifusion.evaluate import metrics as M
@@ -251,30 +252,51 @@ def run_ablation(
     only: list[str] | None = None,
     command: str | None = None,
     floor: bool = True,
+    seeds: list[int] | None = None,
 ) -> AblationResult:
-    """Train every variant (and the mean-profile floor) under the config's protocol; write ablation.md and plots."""
+    """Train every variant (and the mean-profile floor) under the config's protocol; write ablation.md and plots.
+
+    With several `seeds` every variant is trained once per seed (`seed<S>/`, each a full benchmark folder): one
+    seed cannot tell a variant's effect from training noise. A seed sets the initial weights, the batch order, the
+    augmentation and the position of a spatially blocked validation band.
+    """
     from hifusion.evaluate.protocols import run_benchmark
 
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not resume:
         raise ConfigError("results folder exists and is not empty; pass --resume to continue it, or pick --out", out)
+    seeds = list(dict.fromkeys(seeds)) if seeds else [cfg.train.seed]
     axes = select_axes(list(cfg.ablation or default_axes(cfg)), only)
     variants = make_variants(cfg, axes)
     run_cfg = ablation_config(cfg, variants)
     models = [v.model for v in variants] + ([ModelConfig(name="mean_profile")] if floor else [])
     factors = {v.label: v.region_factor for v in variants}
-    print(f"[hifusion] ablation: {len(variants)} HiFusion variants ({', '.join(factors)})", file=sys.stderr)
-    res = run_benchmark(
-        run_cfg,
-        out,
-        models=models,
-        resume=resume,
-        command=command or " ".join(sys.argv),
-        figures=False,
-        title="Ablation (benchmark tables)",
-        region_factors=factors,
+    print(
+        f"[hifusion] ablation: {len(variants)} HiFusion variants ({', '.join(factors)}) x seeds {seeds}",
+        file=sys.stderr,
     )
-    table = ablation_table(res.metrics, res.per_gene, variants, axes)
+    metrics, per_gene, seconds = [], [], 0.0
+    for seed in seeds:
+        seed_cfg = run_cfg.model_copy(deep=True)
+        seed_cfg.train.seed = seed
+        res = run_benchmark(
+            seed_cfg,
+            out if len(seeds) == 1 else out / f"seed{seed}",
+            models=models,
+            resume=resume,
+            command=command or " ".join(sys.argv),
+            figures=False,
+            title="Ablation (benchmark tables)",
+            region_factors=factors,
+        )
+        metrics.append(res.metrics.assign(seed=seed))
+        per_gene.append(res.per_gene.assign(seed=seed))
+        seconds += res.seconds
+    all_metrics, all_per_gene = pd.concat(metrics, ignore_index=True), pd.concat(per_gene, ignore_index=True)
+    if len(seeds) > 1:
+        atomic_write_text(out / C.RUN_METRICS, all_metrics.to_csv(index=False))
+        atomic_write_text(out / C.PER_GENE_CSV, all_per_gene.to_csv(index=False))
+    table = ablation_table(all_metrics, all_per_gene, variants, axes)
     make_dir(out / "figures")
     figs = ablation_figures(out / "figures", table, variants, axes)
     atomic_write_text(out / ABLATION_CSV, table.to_csv(index=False))
@@ -284,6 +306,7 @@ def run_ablation(
         json.dumps(
             {
                 "axes": spec,
+                "seeds": seeds,
                 "variants": [
                     {
                         "label": v.label,
@@ -301,9 +324,9 @@ def run_ablation(
         ),
     )
     report = write_ablation_report(
-        out, table, variants, axes, figs, command=command or " ".join(sys.argv), seconds=res.seconds
+        out, table, variants, axes, figs, command=command or " ".join(sys.argv), seconds=seconds, seeds=seeds
     )
-    return AblationResult(out=out, table=table, report=report, figures=figs, seconds=res.seconds)
+    return AblationResult(out=out, table=table, report=report, figures=figs, seconds=seconds)
 
 
 def _entries(variants: list[Variant], axes: list[AblationAxis] | None) -> list[tuple[str | None, Any, str]]:
@@ -325,11 +348,21 @@ def _entries(variants: list[Variant], axes: list[AblationAxis] | None) -> list[t
 def ablation_table(
     metrics: pd.DataFrame, per_gene: pd.DataFrame, variants: list[Variant], axes: list[AblationAxis] | None = None
 ) -> pd.DataFrame:
-    """One row per (axis, value) incl. the default on every axis: mean/std over test sections, Wilcoxon over genes."""
+    """One row per (axis, value) incl. the default on every axis: mean/std over test sections, Wilcoxon over genes.
+
+    Several seeds (a `seed` column): a section's score is first averaged over seeds, and `<metric>_seed_std` is the
+    spread over seeds of the mean over sections (NaN with one seed).
+    """
     from hifusion.evaluate.stats import compare_models
 
     wide = metrics.pivot_table(
         index=["model", "split", "section"], columns="metric", values="value", aggfunc="mean", sort=False
+    )
+    n_seeds = int(metrics["seed"].nunique()) if "seed" in metrics.columns else 1
+    by_seed = (
+        metrics.groupby(["model", "seed", "metric"], sort=False)["value"].mean().unstack("metric")
+        if n_seeds > 1
+        else None
     )
     tests = {}
     for metric in ("pcc", "mse"):
@@ -350,11 +383,17 @@ def ablation_table(
             "model": model,
             "is_default": model == DEFAULT_LABEL,
             "n_sections": int(len(sub)),
+            "n_seeds": n_seeds,
         }
         for key, _ in _TABLE:
             v = sub[key].dropna().to_numpy(np.float64) if key in sub.columns else np.empty(0)
             row[f"{key}_mean"] = float(v.mean()) if v.size else np.nan
             row[f"{key}_std"] = float(v.std()) if v.size else np.nan
+            spread = np.nan
+            if by_seed is not None and key in by_seed.columns:
+                s = by_seed.xs(model, level="model")[key].dropna().to_numpy(np.float64)
+                spread = float(s.std()) if s.size > 1 else np.nan
+            row[f"{key}_seed_std"] = spread
         for metric in ("pcc", "mse"):
             d, p, n = tests.get((model, metric), (0.0, np.nan, 0)) if model != DEFAULT_LABEL else (0.0, np.nan, 0)
             row[f"{metric}_gene_delta"], row[f"{metric}_gene_p"], row["n_genes_tested"] = d, p, n
@@ -381,9 +420,12 @@ def write_ablation_report(
     *,
     command: str,
     seconds: float,
+    seeds: list[int] | None = None,
 ) -> Path:
     """`ablation.md`: what each variant changes, the variant x metric table, the paired tests and the plots."""
     default = variants[0]
+    seeds = seeds or []
+    multi = len(seeds) > 1
     opts = ", ".join(f"{k}={json.dumps(v)}" for k, v in default.model.options.items()) or "(builder defaults)"
     lines = [
         "# HiFusion ablation",
@@ -396,7 +438,23 @@ def write_ablation_report(
         "Axes: " + "; ".join(f"{a.option} ∈ {json.dumps([_norm(v) for v in a.values])}" for a in axes),
         "",
     ]
+    if multi:
+        lines += [
+            f"Seeds: {', '.join(map(str, seeds))} (one full run per variant and seed, in `seed<S>/`). A section's "
+            "score is averaged over seeds first; the seed SD columns are the spread over seeds of the mean over "
+            "test sections (ddof=0): a difference from the default smaller than that is training noise, however "
+            "small the gene-level p.",
+            "",
+        ]
+    else:
+        lines += [
+            "One seed: the gene-level p-values do not include training noise (initial weights, batch order); "
+            "repeat with `--seeds 0,1,2` before reading small differences.",
+            "",
+        ]
     header = ["Option", "Value", "Run", *(label for _, label in _TABLE), "Δ PCC-gene (p)", "Δ MSE (p)"]
+    if multi:
+        header += ["seed SD PCC-gene", "seed SD MSE"]
     body = []
     for _, r in table.iterrows():
         cells = [
@@ -410,6 +468,8 @@ def write_ablation_report(
                 cells.append("reference")
             else:
                 cells.append(f"{r[f'{metric}_gene_delta']:+.4f} ({_fmt_p(r[f'{metric}_gene_p'])})")
+        if multi:
+            cells += [_fmt(r[f"{M.PCC_GENE}_seed_std"]), _fmt(r[f"{M.MSE}_seed_std"])]
         body.append(cells)
     lines += ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in body]
