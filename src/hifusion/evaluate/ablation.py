@@ -266,6 +266,7 @@ def run_ablation(
     if out.exists() and any(out.iterdir()) and not resume:
         raise ConfigError("results folder exists and is not empty; pass --resume to continue it, or pick --out", out)
     seeds = list(dict.fromkeys(seeds)) if seeds else [cfg.train.seed]
+    command = command or " ".join(sys.argv)
     axes = select_axes(list(cfg.ablation or default_axes(cfg)), only)
     variants = make_variants(cfg, axes)
     run_cfg = ablation_config(cfg, variants)
@@ -284,7 +285,7 @@ def run_ablation(
             out if len(seeds) == 1 else out / f"seed{seed}",
             models=models,
             resume=resume,
-            command=command or " ".join(sys.argv),
+            command=command,
             figures=False,
             title="Ablation (benchmark tables)",
             region_factors=factors,
@@ -324,7 +325,7 @@ def run_ablation(
         ),
     )
     report = write_ablation_report(
-        out, table, variants, axes, figs, command=command or " ".join(sys.argv), seconds=seconds, seeds=seeds
+        out, table, variants, axes, figs, command=command, seconds=seconds, seeds=seeds
     )
     return AblationResult(out=out, table=table, report=report, figures=figs, seconds=seconds)
 
