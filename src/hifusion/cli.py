@@ -179,13 +179,18 @@ def predict(
     batch_size: Annotated[int, typer.Option(help="Spots per forward pass.")] = 64,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
     min_tissue: Annotated[float, typer.Option(help="Least tissue fraction of a grid spot's field of view.")] = 0.5,
+    adabn: Annotated[bool, typer.Option(help="Re-estimate BatchNorm statistics on this slide's patches.")] = False,
+    tta: Annotated[bool, typer.Option(help="Average over the 8 flips/rotations (8x the model time).")] = False,
+    calibrate: Annotated[str, typer.Option(help="none | centre (each gene's slide mean set to the training "
+                                                "mean stored in the checkpoint).")] = "none",
 ) -> None:
     """Predict expression over a whole slide: h5ad + CSV + per-gene maps + index.html in OUT."""
     from hifusion.predict import predict_slide
 
     result = predict_slide(
         checkpoint, slide, out, mpp=mpp, spots=spots, grid=grid, pitch_um=pitch_um, genes=_sections(genes),
-        batch_size=batch_size, device=device, progress=True, min_tissue=min_tissue,
+        batch_size=batch_size, device=device, progress=True, min_tissue=min_tissue, adabn=adabn, tta=tta,
+        calibrate=calibrate,
     )
     typer.echo(f"predictions: {result / 'predictions.h5ad'}  maps: {result / 'index.html'}")
 

@@ -51,6 +51,41 @@ class GenesConfig(_Strict):
         return self
 
 
+class StainAugmentConfig(_Strict):
+    """Colour augmentation at training time (0 = off), one draw per spot shared by its spot and region patches."""
+
+    hed: float = Field(0.0, ge=0, lt=1)  # Tellez-style HED jitter: stain scale U(1-s, 1+s), shift U(-s, s)
+    brightness: float = Field(0.0, ge=0, lt=1)
+    contrast: float = Field(0.0, ge=0, lt=1)
+    saturation: float = Field(0.0, ge=0, lt=1)
+
+
+class StainConfig(_Strict):
+    """Stain robustness, applied to every image model alike; references come from training sections only."""
+
+    augment: StainAugmentConfig = Field(default_factory=StainAugmentConfig)
+    # reinhard: each section's LAB mean/std (over its spot patches, images only) mapped onto the training sections'
+    normalise: Literal["none", "reinhard"] = "none"
+
+
+class AdaptConfig(_Strict):
+    """Test-time options: they use the predicted section's images and never its expression.
+
+    - adabn: BatchNorm statistics re-estimated on the section's own patches (Li et al., AdaBN);
+    - tta: predictions averaged over the 8 flips/rotations of the square (D4);
+    - calibrate: `centre` sets each gene's section mean to the training mean (the level a slide's stain cannot
+      move); `shrink` also scales the spatial part by one factor fitted on the validation spots (needs train.val).
+    """
+
+    adabn: bool = False
+    tta: bool = False
+    calibrate: Literal["none", "centre", "shrink"] = "none"
+
+    @property
+    def plain(self) -> bool:
+        return not (self.adabn or self.tta or self.calibrate != "none")
+
+
 class DataConfig(_Strict):
     cache: Path
     prepare: PrepareConfig | None = None  # when given, the cache is (re)used or built before training
@@ -59,6 +94,7 @@ class DataConfig(_Strict):
     drop_low_counts: bool = False  # spots under 100 counts are kept by default (flagged in obs)
     normalise: Literal["patch", "dataset"] = "patch"
     region_factor: float | None = Field(None, ge=1.0)  # None: the cache's; smaller values centre-crop the region
+    stain: StainConfig = Field(default_factory=StainConfig)
 
 
 class ValConfig(_Strict):
@@ -66,6 +102,8 @@ class ValConfig(_Strict):
 
     mode: Literal["none", "spatial_block", "sections"] = "none"
     fraction: float = Field(0.2, gt=0, lt=1)
+    # `sections` mode: these whole training sections validate. Empty: per split, the last section (by name) of
+    # each training patient that has several; a split where no patient has several falls back to spatial bands.
     sections: list[str] = Field(default_factory=list)
     early_stopping_patience: int | None = Field(None, gt=0)
 
@@ -79,6 +117,7 @@ class TrainConfig(_Strict):
     betas: tuple[float, float] = (0.9, 0.999)
     augment: bool = True
     seed: int = 0
+    ensemble: int = Field(1, ge=1)  # benchmark: train this many seeds (seed, seed+1, ...) and average them
     accelerator: str = "auto"
     devices: int | str = 1
     num_nodes: int = Field(1, gt=0)
@@ -105,7 +144,7 @@ class ModelConfig(_Strict):
 class ProtocolConfig(_Strict):
     """Which sections train and which test. `fixed` is one split; the others produce several."""
 
-    name: Literal["fixed", "3d", "2d", "loso"] = "fixed"
+    name: Literal["fixed", "3d", "rotation", "2d", "loso"] = "fixed"
     train: list[str] = Field(default_factory=list)
     test: list[str] = Field(default_factory=list)
     folds: list[list[str]] | None = None  # 2d: patient groups per fold; None = made automatically
@@ -141,6 +180,9 @@ class Config(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     protocol: ProtocolConfig = Field(default_factory=lambda: ProtocolConfig(name="3d"))
     ablation: list[AblationAxis] | None = None  # `ablate`: options varied one at a time (None: the paper's set)
+    adapt: AdaptConfig = Field(default_factory=AdaptConfig)  # test-time options of every model's main row
+    # extra rows from the same fitted models, labelled "<model> [<name>]": e.g. {plain: {}} to show the effect
+    adapt_variants: dict[str, AdaptConfig] = Field(default_factory=dict)
 
     @field_validator("models")
     @classmethod
@@ -151,6 +193,14 @@ class Config(_Strict):
             if dup:
                 raise ValueError(f"models share the label(s) {dup}; give each a distinct 'label'")
         return v
+
+    @model_validator(mode="after")
+    def _shrink_needs_validation(self) -> Config:
+        for name, a in {"adapt": self.adapt, **{f"adapt_variants.{k}": v for k, v in self.adapt_variants.items()}
+                        }.items():
+            if a.calibrate == "shrink" and self.train.val.mode == "none":
+                raise ValueError(f"{name}.calibrate 'shrink' fits its factor on validation spots: set train.val.mode")
+        return self
 
     def benchmark_models(self) -> list[ModelConfig]:
         """The models a benchmark runs: the configured list, with the mean-profile floor always included."""

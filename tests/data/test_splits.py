@@ -58,3 +58,12 @@ def test_validation_sections_never_test_sections():
     assert moved.train == ["A1"] and moved.val == ["B4"] and moved.test == ["C2"]
     with pytest.raises(ConfigError, match="test sections"):
         with_validation_sections(split, ValConfig(mode="sections", sections=["C2"]))
+
+
+def test_automatic_validation_sections_per_training_patient() -> None:
+    patients = {"A1": "A", "B1": "B", "B2": "B", "B3": "B", "C1": "C"}
+    split = Split("f", ["A1", "B1", "B2", "B3"], ["C1"])
+    auto = with_validation_sections(split, ValConfig(mode="sections"), patients)
+    assert auto.val == ["B3"] and auto.train == ["A1", "B1", "B2"] and auto.test == ["C1"]
+    lone = with_validation_sections(Split("g", ["A1", "B1"], ["C1"]), ValConfig(mode="sections"), patients)
+    assert lone.val == [] and lone.train == ["A1", "B1"]  # no patient with several: spatial bands instead

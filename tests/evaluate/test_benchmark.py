@@ -69,3 +69,57 @@ def test_existing_results_folder_needs_resume(tmp_path: Path) -> None:
     cfg = parse_config(tiny_config(root, tmp_path / "cache", tmp_path))
     with pytest.raises(ConfigError, match="--resume"):
         run_benchmark(cfg, out)
+
+
+def test_stain_options_and_test_time_variants(tmp_path: Path) -> None:
+    """Stain normalisation + augmentation in training, and test-time rows from the same fitted models."""
+    import anndata as ad
+
+    from hifusion.train.checkpoint import read_checkpoint
+    from hifusion.train.module import CKPT_META_KEY
+
+    root = write_dataset(tmp_path / "raw")
+    raw = tiny_config(root, tmp_path / "cache", tmp_path, epochs=1)
+    raw["train"]["val"] = {"mode": "spatial_block", "fraction": 0.3}
+    raw["train"]["batch_size"] = 64  # one batch: no one-spot remainder for BatchNorm
+    raw["data"]["stain"] = {"normalise": "reinhard", "augment": {"hed": 0.05, "brightness": 0.1}}
+    raw["adapt"] = {"adabn": True, "calibrate": "centre"}
+    raw["adapt_variants"] = {"plain": {}, "shrink": {"calibrate": "shrink"}, "tta": {"tta": True}}
+    res = run_benchmark(parse_config(raw), tmp_path / "out", figures=False)
+    metrics = pd.read_csv(res.out / "metrics.csv")
+    labels = set(metrics["model"])
+    assert {"hifusion", "hifusion [plain]", "hifusion [shrink]", "hifusion [tta]", "mean_profile"} <= labels
+    assert not any(lab.startswith("mean_profile [") for lab in labels)  # nothing to adapt without an image
+    wide = metrics.pivot_table(index=["model", "section"], columns="metric", values="value")
+    np.testing.assert_allclose(wide["mse"], wide["mse_bias"] + wide["mse_spatial"], rtol=1e-9, atol=1e-12)
+    # the checkpoint carries the stain reference and the training mean that prediction needs
+    run = res.out / "runs" / "fixed" / "hifusion"
+    meta = read_checkpoint(run / C.CKPT_DIR / C.CKPT_LAST)[CKPT_META_KEY]
+    assert meta["stain"]["normalise"] == "reinhard" and np.shape(meta["stain"]["reference"]) == (2, 3)
+    assert meta["stain"]["augment"] == {"hed": 0.05, "brightness": 0.1}
+    # main row: AdaBN + centre: each gene's section mean is the training mean
+    for s in ("P2", "Q1"):
+        pred = ad.read_h5ad(res.out / "predictions" / "hifusion" / f"{s}.h5ad").X
+        np.testing.assert_allclose(pred.mean(0), meta["train_mean"], atol=1e-4)
+    assert 0.0 <= json.loads((run / "done.json").read_text())["shrink_factor[shrink]"] <= 1.0
+    # the plain row is the unadapted model: its section means are its own
+    plain = ad.read_h5ad(res.out / "predictions" / "hifusion [plain]" / "P2.h5ad").X
+    assert np.abs(plain.mean(0) - np.asarray(meta["train_mean"])).max() > 1e-4
+    # resuming reads every variant back from the predictions file
+    again = run_benchmark(parse_config(raw), tmp_path / "out", figures=False, resume=True)
+    pd.testing.assert_frame_equal(again.metrics.reset_index(drop=True), res.metrics.reset_index(drop=True))
+
+
+def test_seed_ensemble_averages_its_members(tmp_path: Path) -> None:
+    root = write_dataset(tmp_path / "raw")
+    raw = tiny_config(root, tmp_path / "cache", tmp_path, epochs=1, ensemble=2)
+    res = run_benchmark(parse_config(raw), tmp_path / "out", figures=False)
+    run = res.out / "runs" / "fixed" / "hifusion"
+    assert (run / "seed0" / C.CKPT_DIR / C.CKPT_LAST).is_file() and (run / "seed1" / C.CKPT_DIR / C.CKPT_LAST).is_file()
+    members = [np.load(run / f"seed{s}" / "member.npz") for s in (0, 1)]
+    ens = np.load(run / "predictions.npz")
+    for s in ("P2", "Q1"):
+        assert np.abs(members[0][s] - members[1][s]).max() > 1e-6  # the seeds really differ
+        np.testing.assert_allclose(ens[s], (members[0][s] + members[1][s]) / 2, rtol=1e-6, atol=1e-6)
+    info = json.loads((run / "done.json").read_text())
+    assert [m["seed"] for m in info["members"]] == [0, 1]

@@ -55,12 +55,15 @@ def test_table1_formatting_exact(tmp_path: Path) -> None:
     path = write_report(tmp_path, metrics, per_gene, meta={"dataset": "her2st"})
     text = path.read_text()
     assert path == tmp_path / "report.md"
-    assert "| Model | MSE | MAE | PCC-spot | PCC-gene | PCC-gene top-50 |" in text
-    assert "| hifusion | 0.4000 ± 0.1000 | 0.5000 ± 0.1000 | 0.8000 ± 0.1000 | 0.3000 ± 0.1000 | n/a |" in text
-    assert "| mean_profile | 0.3500 ± 0.0000 | 0.4500 ± 0.0000 | 0.7500 ± 0.0000 | 0.0000 ± 0.0000 | n/a |" in text
-    assert "| hifusion | f | C4 | 12 | 0.5000 | 0.6000 | 0.9000 | 0.4000 | n/a |" in text
+    assert "| Model | MSE | MSE bias | MSE spatial | MAE | PCC-spot | PCC-gene | PCC-gene top-50 |" in text
+    assert ("| hifusion | 0.4000 ± 0.1000 | n/a | n/a | 0.5000 ± 0.1000 | 0.8000 ± 0.1000 | 0.3000 ± 0.1000 "
+            "| n/a |") in text
+    assert ("| mean_profile | 0.3500 ± 0.0000 | n/a | n/a | 0.4500 ± 0.0000 | 0.7500 ± 0.0000 | 0.0000 ± 0.0000 "
+            "| n/a |") in text
+    assert "| hifusion | f | C4 | 12 | 0.5000 | n/a | n/a | 0.6000 | 0.9000 | 0.4000 | n/a |" in text
     assert "- Dataset: her2st" in text
     assert "mean profile alone reaches PCC-spot 0.7500" in text
+    assert "MSE below the mean profile's (test sections): hifusion 1/1." in text  # C3 0.3 < 0.35; C4 has no floor
 
 
 def test_full_report(tmp_path: Path) -> None:
@@ -144,7 +147,8 @@ def test_runner_style_meta_and_summary(tmp_path: Path) -> None:
     assert "- Gene panel size: 5" in text and "- Seeds: train=0" in text and "- Seconds: 12.5" in text
     assert "nested" not in text and "Config" not in text
     table = summary_table(metrics)
-    assert table.splitlines()[0] == "| Model | MSE | MAE | PCC-spot | PCC-gene | PCC-gene top-50 |"
+    header = "| Model | MSE | MSE bias | MSE spatial | MAE | PCC-spot | PCC-gene | PCC-gene top-50 |"
+    assert table.splitlines()[0] == header
     assert table.splitlines()[2].startswith("| hifusion | ")
 
 

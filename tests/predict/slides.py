@@ -80,6 +80,7 @@ def write_checkpoint(
     panel: list[str] | None = None,
     normalisation: dict | None = None,
     seed: int = 0,
+    extra_meta: dict | None = None,
 ) -> Path:
     """A real checkpoint of a tiny random HiFusion, saved like training saves it (Lightning layout + metadata)."""
     from hifusion.config import TrainConfig
@@ -103,6 +104,7 @@ def write_checkpoint(
         "patch": {"pixel_size": float(pixel_size), "spot_px": int(spot_px), "region_px": int(region_px)},
         "normalisation": normalisation or {"mode": "patch"},
         "train_sections": ["S1"],
+        **(extra_meta or {}),
     }
     module = ExpressionModule(model, TrainConfig(), meta)
     state = module.state_dict()

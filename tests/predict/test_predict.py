@@ -277,3 +277,46 @@ def test_cli_predict(tmp_path: Path, checkpoint: Path, plain_png: Path) -> None:
     bad = runner.invoke(app, ["predict", "--checkpoint", str(checkpoint), "--slide", str(plain_png), "--out",
                               str(tmp_path / "cli2")])
     assert isinstance(bad.exception, HifusionError) and "--mpp" in str(bad.exception)
+
+
+def test_predict_test_time_options_use_the_slide_images_only(tmp_path: Path, plain_png: Path) -> None:
+    """Stain normalisation from the slide's own spots, AdaBN, D4 averaging and centring, as the benchmark does them."""
+    from hifusion.preprocess import adabn
+    from hifusion.stain import lab_stats
+
+    ref = [[70.0, 12.0, -8.0], [12.0, 6.0, 5.0]]
+    train_mean = [0.5, -0.25, 1.0, 2.0]
+    ckpt = write_checkpoint(tmp_path / "c.ckpt", seed=5, panel=["GENE_A", "GENE_B", "GENE_C", "ERBB2"],
+                            extra_meta={"stain": {"augment": {"hed": 0.05}, "normalise": "reinhard", "reference": ref},
+                                        "train_mean": train_mean})
+    coords = np.array([[400.0, 380.0], [300.2, 420.7], [520.0, 300.0], [450.0, 460.0]])
+    spots = write_spots(tmp_path / "spots.csv", coords)
+    module, meta = load_predictor(ckpt, "cpu")
+    p = meta["patch"]
+    with open_image(plain_png) as img:
+        regions = np.stack([extract_patch(img, c, p["region_px"], p["pixel_size"], 1.0)[0] for c in coords])
+    crops = spot_from_region(regions, p["spot_px"])
+    batch = {"spot": torch.from_numpy(np.ascontiguousarray(crops.transpose(0, 3, 1, 2))),
+             "region": torch.from_numpy(np.ascontiguousarray(regions.transpose(0, 3, 1, 2)))}
+    batch["stain_src"] = torch.as_tensor(lab_stats([batch["spot"]]), dtype=torch.float32).expand(len(coords), 2, 3)
+    with torch.no_grad():
+        plain = module.predict_batch(batch).numpy()
+        tta = module.predict_batch(batch, tta=True).numpy()
+        with adabn(module, [batch], lambda b: module.predict_batch(b)):
+            adapted = module.predict_batch(batch).numpy()
+    runs = {}
+    for name, kw in {"plain": {}, "tta": {"tta": True}, "adabn": {"adabn": True},
+                     "centre": {"calibrate": "centre"}}.items():
+        out = predict_slide(ckpt, plain_png, tmp_path / name, mpp=1.0, spots=spots, progress=False, device="cpu",
+                            **kw)
+        runs[name] = ad.read_h5ad(out / "predictions.h5ad")
+    np.testing.assert_allclose(runs["plain"].X, plain, atol=1e-5)
+    np.testing.assert_allclose(runs["tta"].X, tta, atol=1e-5)
+    np.testing.assert_allclose(runs["adabn"].X, adapted, atol=1e-5)
+    assert np.abs(adapted - plain).max() > 1e-4 and np.abs(tta - plain).max() > 1e-4
+    np.testing.assert_allclose(runs["centre"].X.mean(0), train_mean, atol=1e-5)
+    np.testing.assert_allclose(runs["centre"].X - runs["centre"].X.mean(0), plain - plain.mean(0), atol=1e-5)
+    info = runs["adabn"].uns[C.UNS_HIFUSION]
+    assert info["adabn"] and info["stain_normalise"] == "reinhard"
+    with pytest.raises(ConfigError, match="calibrate"):
+        predict_slide(ckpt, plain_png, tmp_path / "bad", mpp=1.0, spots=spots, progress=False, calibrate="shrink")

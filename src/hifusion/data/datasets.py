@@ -59,9 +59,11 @@ class SpotDataset(Dataset):
         region_px: int,
         augment: bool = False,
         seed: int = 0,
+        stain_stats: Sequence[np.ndarray] | None = None,
     ) -> None:
         if len(patches) != len(rows) or (labels is not None and len(labels) != len(rows)):
             raise ValueError("patches, rows and labels must have one entry per section")
+        self.stain_stats = _stain_stats(stain_stats, len(rows))
         self.patches = list(patches)
         self.section_of = np.concatenate([np.full(len(r), i, dtype=np.int64) for i, r in enumerate(rows)])
         self.row_of = np.concatenate([np.asarray(r, dtype=np.int64) for r in rows])
@@ -90,9 +92,20 @@ class SpotDataset(Dataset):
             "region": torch.from_numpy(np.ascontiguousarray(region.transpose(2, 0, 1))),
             "index": torch.tensor(index, dtype=torch.long),
         }
+        if self.stain_stats is not None:
+            item["stain_src"] = self.stain_stats[self.section_of[index]]
         if self.labels is not None:
             item["y"] = torch.from_numpy(self.labels[index])
         return item
+
+
+def _stain_stats(stats: Sequence[np.ndarray] | None, n_sections: int) -> torch.Tensor | None:
+    """Per-section (2, 3) LAB mean/std (stain normalisation sources) as one (n_sections, 2, 3) float32 tensor."""
+    if stats is None:
+        return None
+    if len(stats) != n_sections:
+        raise ValueError("stain statistics must have one entry per section")
+    return torch.as_tensor(np.stack([np.asarray(x, np.float32).reshape(2, 3) for x in stats]))
 
 
 class EpochSampler(Sampler[int]):
@@ -146,6 +159,19 @@ def patch_mean_std(patches: Sequence[Any], rows: Sequence[np.ndarray], side: int
     return mean.tolist(), std.tolist()
 
 
+def section_stain_stats(patches: Any, rows: np.ndarray, side: int, batch: int = 64) -> np.ndarray:
+    """(2, 3) LAB mean and std over the centre `side` crops of a section's spots: its stain, from its images only."""
+    from hifusion.stain import lab_stats
+
+    def batches() -> Iterator[torch.Tensor]:
+        rr = np.asarray(rows, np.int64)
+        for i in range(0, len(rr), batch):
+            crops = [centre_crop(patches.get(int(r)), side) for r in rr[i : i + batch]]
+            yield torch.from_numpy(np.ascontiguousarray(np.stack(crops).transpose(0, 3, 1, 2)))
+
+    return lab_stats(batches())
+
+
 class SectionDataset(Dataset):
     """Whole sections (or the selected spots of them): one item = every spot of one section.
 
@@ -169,9 +195,11 @@ class SectionDataset(Dataset):
         augment: bool = False,
         seed: int = 0,
         with_region: bool = True,
+        stain_stats: Sequence[np.ndarray] | None = None,
     ) -> None:
         if len(patches) != len(rows) or len(coords) != len(rows) or (labels is not None and len(labels) != len(rows)):
             raise ValueError("patches, rows, coords and labels must have one entry per section")
+        self.stain_stats = _stain_stats(stain_stats, len(rows))
         self.patches = list(patches)
         self.rows = [np.asarray(r, dtype=np.int64) for r in rows]
         self.coords = [np.asarray(c, dtype=np.int64).reshape(-1, 2) for c in coords]
@@ -208,6 +236,8 @@ class SectionDataset(Dataset):
         }
         if self.with_region:
             item["region"] = torch.from_numpy(np.ascontiguousarray(np.stack(regions).transpose(0, 3, 1, 2)))
+        if self.stain_stats is not None:
+            item["stain_src"] = self.stain_stats[i].expand(len(rows), 2, 3)
         if self.labels is not None:
             item["y"] = torch.from_numpy(self.labels[i])
         return item

@@ -34,6 +34,8 @@ class SplitData:
     pixel_size: float
     normalise: str = "patch"
     norm_stats: dict[str, Any] | None = None  # dataset normalisation, computed once per split (train.fit)
+    stain: Any = None  # the config's StainConfig (augmentation and normalisation options)
+    stain_stats: dict[str, np.ndarray] | None = None  # per-section LAB mean/std of its images, computed once
     top50: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @property
@@ -48,6 +50,16 @@ class SplitData:
         """Labels of the given cache rows of a section."""
         pos = np.searchsorted(self.rows[section], rows)
         return self.labels[section][pos]
+
+    def stain_source(self, section: str) -> np.ndarray | None:
+        """The section's (2, 3) LAB statistics when stain normalisation is on (from its images only), else None."""
+        if self.stain is None or self.stain.normalise == "none":
+            return None
+        if self.stain_stats is None:
+            from hifusion.data.datasets import section_stain_stats
+
+            self.stain_stats = {s: section_stain_stats(self.patches[s], self.rows[s], self.spot_px) for s in self.rows}
+        return self.stain_stats[section]
 
     def train_labels(self) -> np.ndarray:
         return np.concatenate([self.label_rows(s, r) for s, r in self.train_rows.items() if len(r)])
@@ -154,7 +166,7 @@ def load_split(
         train_rows[s] = rows[s]
     for s in split.val:
         val_rows[s] = rows[s]
-    if val_cfg.mode == "spatial_block":
+    if val_cfg.mode == "spatial_block" or (val_cfg.mode == "sections" and not val_cfg.sections and not split.val):
         for s in split.train:
             coords = np.asarray(adatas[s].obsm[C.OBSM_SPATIAL])[rows[s]]
             tr, va = spatial_block_split(coords, val_cfg.fraction, seed)
@@ -176,6 +188,7 @@ def load_split(
         region_px=region,
         pixel_size=float(first.pixel_size),
         normalise=data_cfg.normalise,
+        stain=data_cfg.stain,
     )
     from hifusion.evaluate.metrics import top_variable_genes
 
@@ -183,10 +196,20 @@ def load_split(
     return data
 
 
-def with_validation_sections(split: Split, val_cfg: ValConfig) -> Split:
-    """Move configured whole training sections into the split's validation set (never test sections)."""
+def with_validation_sections(split: Split, val_cfg: ValConfig, patients: dict[str, str] | None = None) -> Split:
+    """Move configured whole training sections into the split's validation set (never test sections).
+
+    With no sections configured, each training patient with several training sections gives its last one (so
+    validation, like testing, sees a slide the model was not trained on); `patients` maps section -> patient.
+    """
     if val_cfg.mode != "sections":
         return split
+    if not val_cfg.sections:
+        by_patient: dict[str, list[str]] = {}
+        for s in split.train:
+            by_patient.setdefault((patients or {}).get(s, s), []).append(s)
+        val = [sorted(secs)[-1] for secs in by_patient.values() if len(secs) > 1]
+        return Split(split.name, [s for s in split.train if s not in val], split.test, val)
     bad = [s for s in val_cfg.sections if s in split.test]
     if bad:
         raise ConfigError(f"validation sections {bad} are test sections of split {split.name}")

@@ -42,6 +42,21 @@ def split_3d(patients: dict[str, str], only: list[str] | None = None) -> list[Sp
     return out
 
 
+def split_rotation(patients: dict[str, str]) -> list[Split]:
+    """The 3D protocol rotated: each section of a patient trains in turn and the patient's other sections test.
+
+    A result that holds over every (train, test) pair cannot come from tuning to one slide pair, so robustness
+    choices are made on all of these pairs together.
+    """
+    out = []
+    for sections in _by_patient(patients).values():
+        if len(sections) >= 2:
+            out += [Split(f"rot-{s}", [s], [t for t in sections if t != s]) for s in sections]
+    if not out:
+        raise ConfigError("protocol 'rotation' needs a patient with at least two sections in the cache")
+    return out
+
+
 def split_2d(patients: dict[str, str], folds: list[list[str]] | None = None, k: int = 4) -> list[Split]:
     """k-fold cross-validation over whole patients: no patient is in both train and test.
 
@@ -100,6 +115,7 @@ def make_splits(
         patients = {s: p for s, p in patients.items() if p in only_patients}
     builders = {
         "3d": lambda: split_3d(patients),
+        "rotation": lambda: split_rotation(patients),
         "2d": lambda: split_2d(patients, folds, k),
         "loso": lambda: split_loso(patients),
     }

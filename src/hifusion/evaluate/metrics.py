@@ -23,6 +23,8 @@ PRED_CONST_STD = 1e-12  # anchors.py: a prediction with a smaller std scores 0
 
 # Keys of `section_metrics`; the long-format metrics tables use these names in their `metric` column.
 MSE = "mse"
+MSE_BIAS = "mse_bias"  # squared offset of the per-gene section means: the level of the whole section
+MSE_SPATIAL = "mse_spatial"  # MSE of the section-centred prediction against the section-centred truth
 MAE = "mae"
 PCC_SPOT = "pcc_spot"
 PCC_GENE = "pcc_gene"
@@ -31,7 +33,7 @@ N_SPOTS = "n_spots"
 N_GENES = "n_genes"
 N_CONST_GENES = "n_const_genes"
 N_CONST_SPOTS = "n_const_spots"
-SCORE_KEYS = (MSE, MAE, PCC_SPOT, PCC_GENE, PCC_GENE_TOP50)
+SCORE_KEYS = (MSE, MSE_BIAS, MSE_SPATIAL, MAE, PCC_SPOT, PCC_GENE, PCC_GENE_TOP50)
 TOP_VARIABLE_K = 50
 
 
@@ -108,8 +110,12 @@ def section_metrics(
     diff = p - t
     r_gene, const_gene = _pcc_axis0(p, t)
     r_spot, const_spot = _pcc_axis0(p.T, t.T)
+    offset = diff.mean(axis=0)  # per gene: section mean of the prediction minus section mean of the truth
+    spatial = diff - offset
     out: dict[str, float | int] = {
         MSE: float((diff * diff).mean()),
+        MSE_BIAS: float((offset * offset).mean()),
+        MSE_SPATIAL: float((spatial * spatial).mean()),
         MAE: float(np.abs(diff).mean()),
         PCC_SPOT: _mean_or_zero(r_spot[~const_spot]),
         PCC_GENE: _mean_or_zero(r_gene[~const_gene]),

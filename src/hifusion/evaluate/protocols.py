@@ -104,6 +104,70 @@ def prediction_adata(data: Any, section: str, pred: np.ndarray) -> Any:
     return out
 
 
+def _join_variants(variant_preds: dict[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """One flat mapping for the predictions file: `<section>` for the main row, `<section>@<variant>` for others."""
+    return {(s if not v else f"{s}@{v}"): p for v, preds in variant_preds.items() for s, p in preds.items()}
+
+
+def _split_variants(flat: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+    out: dict[str, dict[str, np.ndarray]] = {"": {}}
+    for key, p in flat.items():
+        s, _, v = key.partition("@")
+        out.setdefault(v, {})[s] = p
+    return out
+
+
+def _fit_members(m: ModelConfig, train_cfg: Any, data: Any, mdir: Path, resume: bool,
+                 variants: dict[str, Any]) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any]] | None:
+    """Fit a model (or, with `train.ensemble` = n > 1, n seeds of it in `seed<S>/` folders) and predict its test
+    sections under every test-time variant; an ensemble averages its members' predictions. None on ranks > 0."""
+    from hifusion.train.fit import fit_and_predict, predict_variants
+
+    n = train_cfg.ensemble
+    members: list[dict[str, dict[str, np.ndarray]]] = []
+    info: dict[str, Any] = {"seconds": 0.0, "members": []}
+    for i in range(n):
+        tcfg = train_cfg if n == 1 else train_cfg.model_copy(update={"seed": train_cfg.seed + i})
+        res = fit_and_predict(m, tcfg, data, mdir if n == 1 else mdir / f"seed{tcfg.seed}", resume=resume)
+        if res.global_rank != 0 or not is_global_zero():
+            return None
+        preds = {"": res.predictions}
+        if res.info.get("test_time", True) and res.predict is not None and not all(v.plain for v in variants.values()):
+            preds = predict_variants(res, data, variants)
+        members.append(preds)
+        if n > 1:  # each member's own predictions stay beside its checkpoint
+            _save_predictions(mdir / f"seed{tcfg.seed}" / "member.npz", _join_variants(preds))
+        info["seconds"] += res.seconds
+        info["members"].append({"seed": tcfg.seed, "checkpoint": str(res.checkpoint) if res.checkpoint else None,
+                                **res.info})
+    if n == 1:
+        info = {"seconds": info["seconds"], "checkpoint": info["members"][0]["checkpoint"],
+                **{k: v for k, v in info["members"][0].items() if k not in ("seed", "checkpoint")}}
+    avg = {v: {s: np.mean([mem[v][s] for mem in members], axis=0).astype(np.float32) for s in members[0][v]}
+           for v in members[0]}
+    return avg, info
+
+
+def _score(out: Path, data: Any, split: str, section: str, label: str, pred: np.ndarray,
+           metric_rows: list[dict[str, Any]], gene_frames: list[pd.DataFrame]) -> None:
+    """Score one model's predictions of one test section; write them as AnnData beside the tables."""
+    from hifusion.evaluate.metrics import per_gene_metrics, section_metrics
+
+    truth = data.labels[section]
+    sm = section_metrics(pred, truth, hvg_top50_idx=data.top50)
+    metric_rows += [{"model": label, "split": split, "section": section, "metric": k, "value": float(v)}
+                    for k, v in sm.items()]
+    g = per_gene_metrics(pred, truth, data.panel)
+    g.insert(0, "section", section)
+    g.insert(0, "split", split)
+    g.insert(0, "model", label)
+    gene_frames.append(g)
+    pdir = out / "predictions" / label
+    pdir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(pdir / f"{section}{C.H5AD_SUFFIX}") as tmp:
+        prediction_adata(data, section, pred).write_h5ad(tmp)
+
+
 def run_benchmark(
     cfg: Config,
     out: Path,
@@ -122,11 +186,10 @@ def run_benchmark(
     """
     from hifusion.data.splitdata import cache_patients, load_split, with_validation_sections
     from hifusion.data.splits import make_splits
-    from hifusion.evaluate.metrics import per_gene_metrics, section_metrics
-    from hifusion.train.fit import fit_and_predict
 
     t0 = time.perf_counter()
     models = models or cfg.benchmark_models()
+    variants = {"": cfg.adapt, **cfg.adapt_variants}  # "" is each model's main row
     out = Path(out)
     writer = is_global_zero()  # other ranks of a DDP run (relaunched with the same command) train and write nothing
     if writer:
@@ -141,7 +204,7 @@ def run_benchmark(
     p = cfg.protocol
     splits = make_splits(p.name, patients, train=p.train, test=p.test, folds=p.folds, k=p.k,
                          only_patients=p.patients)
-    splits = [with_validation_sections(s, cfg.train.val) for s in splits]
+    splits = [with_validation_sections(s, cfg.train.val, patients) for s in splits]
 
     metric_rows: list[dict[str, Any]] = []
     gene_frames: list[pd.DataFrame] = []
@@ -167,43 +230,31 @@ def run_benchmark(
             if resume and done.exists():
                 if not writer:
                     continue
-                preds = _load_predictions(mdir / PRED_FILE)
+                variant_preds = _split_variants(_load_predictions(mdir / PRED_FILE))
                 info = json.loads(done.read_text())
-                stale = [s for s in split.test if np.shape(preds.get(s)) != (len(data.rows[s]), len(data.panel))]
+                stale = [s for s in split.test
+                         if np.shape(variant_preds[""].get(s)) != (len(data.rows[s]), len(data.panel))]
                 if stale:
                     raise ConfigError(f"cannot resume: these predictions of {stale[0]} were made with another config "
                                       "(gene panel or spots); use the original config or a new --out",
                                       mdir / PRED_FILE)
             else:
                 print(f"[hifusion] {split.name}: fitting {m.display} on {', '.join(split.train)}", file=sys.stderr)
-                res = fit_and_predict(m, cfg.train_for(m), mdata, mdir, resume=resume)
-                if not (writer and res.global_rank == 0):
+                fitted = _fit_members(m, cfg.train_for(m), mdata, mdir, resume, variants)
+                if fitted is None:
                     continue  # a non-zero rank: predictions, files and scores are rank 0's job
-                preds = res.predictions
-                _save_predictions(mdir / PRED_FILE, preds)
-                info = {"seconds": res.seconds, "checkpoint": str(res.checkpoint) if res.checkpoint else None,
-                        **res.info}
+                variant_preds, info = fitted
+                _save_predictions(mdir / PRED_FILE, _join_variants(variant_preds))
                 atomic_write_text(done, json.dumps(info, indent=2))
             if (mdir / C.RUN_METRICS).exists():
                 curves[f"{m.display} ({split.name})"] = pd.read_csv(mdir / C.RUN_METRICS)
             timings.append({"model": m.display, "split": split.name, "seconds": info.get("seconds")})
-            for s in split.test:
-                pred = preds[s]
-                truth = data.labels[s]
-                sm = section_metrics(pred, truth, hvg_top50_idx=data.top50)
-                for k, v in sm.items():
-                    metric_rows.append({"model": m.display, "split": split.name, "section": s, "metric": k,
-                                        "value": float(v)})
-                g = per_gene_metrics(pred, truth, data.panel)
-                g.insert(0, "section", s)
-                g.insert(0, "split", split.name)
-                g.insert(0, "model", m.display)
-                gene_frames.append(g)
-                split_preds[s][m.display] = pred
-                pdir = out / "predictions" / m.display
-                pdir.mkdir(parents=True, exist_ok=True)
-                with atomic_path(pdir / f"{s}{C.H5AD_SUFFIX}") as tmp:
-                    prediction_adata(data, s, pred).write_h5ad(tmp)
+            for vname, preds in variant_preds.items():
+                label = m.display if not vname else f"{m.display} [{vname}]"
+                for s in split.test:
+                    _score(out, data, split.name, s, label, preds[s], metric_rows, gene_frames)
+                    if not vname:
+                        split_preds[s][label] = preds[s]
         for s in split.test:
             map_inputs.append((data, s, split_preds[s]))
 

@@ -26,6 +26,8 @@ METRIC_COLUMNS = ("model", "split", "section", "metric", "value")
 PER_GENE_COLUMNS = ("model", "split", "section", "gene", "pcc", "mse", "mae")
 TABLE1 = (
     (M.MSE, "MSE"),
+    (M.MSE_BIAS, "MSE bias"),
+    (M.MSE_SPATIAL, "MSE spatial"),
     (M.MAE, "MAE"),
     (M.PCC_SPOT, "PCC-spot"),
     (M.PCC_GENE, "PCC-gene"),
@@ -216,13 +218,30 @@ def _floor_note(wide: pd.DataFrame) -> str:
         "ignoring the image) is the floor every model must clear. PCC-spot correlates genes within a spot, so it "
         "is dominated by the mean expression profile and is high even for the mean profile; PCC-gene (per gene, "
         "across the spots of a section) shows whether spatial patterns are predicted, and the mean profile "
-        "scores 0 on it."
+        "scores 0 on it. MSE = MSE bias + MSE spatial: the bias is the squared offset of each gene's section "
+        "mean (the level of the whole section, which follows the slide's stain and depth), the spatial part the "
+        "error of the pattern around it; a model above the floor on MSE only through its bias has learnt the "
+        "pattern but not the level."
     )
     if MEAN_PROFILE in wide.index.get_level_values("model") and M.PCC_SPOT in wide.columns:
         v = wide.xs(MEAN_PROFILE, level="model")[M.PCC_SPOT].dropna()
         if len(v):
             note += f" Here the mean profile alone reaches PCC-spot {v.mean():.4f}."
     return note
+
+
+def _below_floor(wide: pd.DataFrame, models: list[str]) -> str | None:
+    """How many test sections each model scores a lower MSE than the mean profile on (same split and section)."""
+    if MEAN_PROFILE not in wide.index.get_level_values("model") or M.MSE not in wide.columns:
+        return None
+    floor = wide.xs(MEAN_PROFILE, level="model")[M.MSE]
+    parts = []
+    for m in models:
+        if m == MEAN_PROFILE:
+            continue
+        mine = wide.xs(m, level="model")[M.MSE].reindex(floor.index).dropna()
+        parts.append(f"{m} {int((mine < floor.reindex(mine.index)).sum())}/{len(mine)}")
+    return "MSE below the mean profile's (test sections): " + ", ".join(parts) + "." if parts else None
 
 
 def _scalar(v: Any) -> bool:
@@ -318,6 +337,9 @@ def write_report(
     ]
     lines += _table1(wide, models) + [""]
     lines += [_floor_note(wide), ""]
+    below = _below_floor(wide, models)
+    if below:
+        lines += [below, ""]
     lines += ["## Per section", ""] + _per_section(wide, models) + [""]
     lines += [_const_line(wide, per_gene), ""]
     lines += ["## Marker genes", ""] + _markers(per_gene, models) + [""]

@@ -64,8 +64,14 @@ class LinearProbe(nn.Module):
 
     @torch.no_grad()
     def features(self, spot: Tensor) -> Tensor:
-        """Pooled frozen-encoder features (B, C) of normalised spot patches."""
-        self.encoder.eval()
+        """Pooled frozen-encoder features (B, C) of normalised spot patches.
+
+        The encoder is frozen: in a training-mode model it is still run in eval mode. A model in eval mode is run as
+        it is, so test-time BatchNorm re-estimation (AdaBN), which puts only the BatchNorm layers in training mode,
+        reaches the encoder.
+        """
+        if self.training:
+            self.encoder.eval()
         return self.encoder(spot).float().mean(dim=(2, 3))
 
     def fit_features(self, x: np.ndarray, y: np.ndarray) -> LinearProbe:

@@ -122,11 +122,38 @@ def _progress(batches: Iterable[dict[str, torch.Tensor]], n_spots: int, enabled:
             bar.advance(task, len(b["spot"]))
 
 
+ADAPT_SPOTS = 2048  # spots sampled from the slide for its stain statistics and AdaBN (all when fewer)
+
+
+def _sample(coords: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Up to `n` spots of the slide, spread over it (seeded), in their original order."""
+    if len(coords) <= n:
+        return coords
+    return coords[np.sort(np.random.default_rng(seed).choice(len(coords), n, replace=False))]
+
+
+def _with_source(batches: Iterable[dict[str, torch.Tensor]], source: np.ndarray | None) -> Iterator[Any]:
+    """Attach the slide's stain statistics to every batch (what stain normalisation maps onto the reference)."""
+    src = None if source is None else torch.as_tensor(np.asarray(source, np.float32))
+    for b in batches:
+        if src is not None:
+            b["stain_src"] = src.expand(len(b["spot"]), 2, 3)
+        yield b
+
+
 def predict_coords(
     module: Any, slide: Slide, coords: np.ndarray, *, batch_size: int = 64, workers: int | None = None,
-    progress: bool = False,
+    progress: bool = False, adabn: bool = False, tta: bool = False, calibrate: str = "none",
+    adapt_spots: int = ADAPT_SPOTS,
 ) -> np.ndarray:
-    """Predictions (N, G) for level-0 spot centres, streamed batch by batch from the slide."""
+    """Predictions (N, G) for level-0 spot centres, streamed batch by batch from the slide.
+
+    Test-time options use this slide's images only: stain normalisation (when the checkpoint was trained with it)
+    and `adabn` read up to `adapt_spots` of its spots first; `tta` averages the 8 D4 views; `calibrate='centre'`
+    sets each gene's slide mean to the training mean stored in the checkpoint.
+    """
+    from hifusion.preprocess import centre_on
+    from hifusion.stain import lab_stats
     from hifusion.train.fit import predict_loader
 
     meta = module.meta
@@ -137,7 +164,20 @@ def predict_coords(
     stream = PatchStream(slide, patch["pixel_size"], patch["spot_px"], patch["region_px"], batch_size, workers)
     if not len(coords):
         return np.zeros((0, len(meta["panel"])), dtype=np.float32)
-    return predict_loader(module, _progress(stream.batches(coords), len(coords), progress))
+    sample = _sample(np.asarray(coords), adapt_spots)
+    source = None
+    if (meta.get("stain") or {}).get("normalise", "none") != "none":
+        source = lab_stats(b["spot"] for b in stream.batches(sample))
+    adabn_batches = _with_source(stream.batches(sample), source) if adabn else None
+    batches = _with_source(_progress(stream.batches(coords), len(coords), progress), source)
+    pred = predict_loader(module, batches, adabn_batches=adabn_batches, tta=tta)
+    if calibrate == "centre":
+        if "train_mean" not in meta:
+            raise CheckpointError("calibrate 'centre' needs the training mean, which this checkpoint predates")
+        pred = centre_on(pred, np.asarray(meta["train_mean"], np.float64))
+    elif calibrate != "none":
+        raise ConfigError(f"calibrate must be 'none' or 'centre' for a slide, got '{calibrate}'")
+    return pred
 
 
 def predict_slide(
@@ -156,6 +196,9 @@ def predict_slide(
     min_tissue: float = DEFAULT_MIN_FRACTION,
     level: int | None = None,
     workers: int | None = None,
+    adabn: bool = False,
+    tta: bool = False,
+    calibrate: str = "none",
 ) -> Path:
     """Predict a whole slide and write predictions.h5ad, predictions.csv, maps/<gene>.png and index.html into `out`.
 
@@ -172,6 +215,8 @@ def predict_slide(
         raise ConfigError(f"pitch must be positive, got {pitch_um} um")
     if batch_size < 1:
         raise ConfigError(f"batch size must be positive, got {batch_size}")
+    if calibrate not in ("none", "centre"):
+        raise ConfigError(f"calibrate must be 'none' or 'centre' for a slide, got '{calibrate}'")
     module, meta = load_predictor(checkpoint, device)
     m = check_meta(meta, checkpoint)
     panel = m["panel"]
@@ -204,7 +249,8 @@ def predict_slide(
             obs[C.OBS_ARRAY_X], obs[C.OBS_ARRAY_Y], obs["tissue_fraction"] = idx[:, 0], idx[:, 1], frac
         stream = PatchStream(s, m["pixel_size"], m["spot_px"], m["region_px"], batch_size)
         obs[C.OBS_AT_BORDER] = stream.at_border(coords)
-        pred = predict_coords(module, s, coords, batch_size=batch_size, workers=workers, progress=progress)
+        pred = predict_coords(module, s, coords, batch_size=batch_size, workers=workers, progress=progress,
+                              adabn=adabn, tta=tta, calibrate=calibrate)
         info = {
             "version": __version__, "checkpoint": str(checkpoint), "slide": str(slide_path),
             "model": meta["model"]["name"], "label": m["label"], "mpp": s.mpp, "mpp_source": s.mpp_source,
@@ -214,6 +260,8 @@ def predict_slide(
             "grid": None if spots is not None else grid, "pitch_um": pitch,
             "min_tissue_fraction": None if spots is not None else float(min_tissue), "n_spots": int(len(coords)),
             "device": str(next(module.parameters()).device),
+            "adabn": adabn, "tta": tta, "calibrate": calibrate,
+            "stain_normalise": (meta.get("stain") or {}).get("normalise", "none"),
         }
     finally:
         s.close()

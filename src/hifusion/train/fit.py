@@ -38,6 +38,8 @@ class FitResult:
     seconds: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
     global_rank: int = 0  # in DDP, ranks > 0 return no predictions and must write nothing
+    # (section, cache rows, adabn, tta) -> predictions with the fitted model; None on ranks > 0
+    predict: Callable[[str, np.ndarray, bool, bool], np.ndarray] | None = None
 
 
 Fitter = Callable[[torch.nn.Module, ModelConfig, TrainConfig, SplitData, Path, bool], FitResult]
@@ -80,8 +82,12 @@ def _fit_closed_form(model: torch.nn.Module, model_cfg: ModelConfig, train_cfg: 
                      run_dir: Path, resume: bool) -> FitResult:
     """Estimators fitted in one pass on training labels (and, where they ask for it, training patches)."""
     model.fit(data.train_labels())
-    preds = {s: np.asarray(model.predict(len(data.rows[s])), dtype=np.float32) for s in data.test_sections}
-    return FitResult(predictions=preds)
+
+    def predict(section: str, rows: np.ndarray, adabn: bool = False, tta: bool = False) -> np.ndarray:
+        return np.asarray(model.predict(len(rows)), dtype=np.float32)
+
+    preds = {s: predict(s, data.rows[s]) for s in data.test_sections}
+    return FitResult(predictions=preds, predict=predict, info={"test_time": False})  # no image: nothing to adapt
 
 
 # ------------------------------------------------------------------------------------------ Lightning training
@@ -130,9 +136,26 @@ def maybe_compile(model: torch.nn.Module, cfg: TrainConfig) -> None:
         model.compile()
 
 
+def stain_for(data: SplitData) -> dict[str, Any]:
+    """The run's stain options and, for normalisation, the training reference (pooled training sections' LAB
+    statistics, weighted by spots): stored in the checkpoint so that `predict` applies the same mapping."""
+    from hifusion.stain import pool_stats, stain_meta
+
+    st = data.stain
+    if st is None:
+        return stain_meta(None, "none", None)
+    ref = None
+    if st.normalise != "none":
+        train_secs = [s for s in data.train_rows if len(data.train_rows[s])]
+        ref = pool_stats((data.stain_source(s), len(data.rows[s])) for s in train_secs)
+    return stain_meta(st.augment.model_dump(), st.normalise, ref)
+
+
 def make_meta(model_cfg: ModelConfig, data: SplitData, norm: dict[str, Any]) -> dict[str, Any]:
     """Everything prediction needs besides the weights; primitives only so `weights_only=True` loads it."""
     return {
+        "stain": stain_for(data),
+        "train_mean": [float(x) for x in data.train_labels().mean(0)],  # the level `calibrate: centre` restores
         "version": __version__,
         "model": {"name": model_cfg.name, "options": json.loads(json.dumps(model_cfg.options))},
         "panel": list(data.panel),
@@ -313,6 +336,7 @@ def _fit_spot_model(model: torch.nn.Module, model_cfg: ModelConfig, cfg: TrainCo
         [data.train_rows[s] for s in train_secs],
         [data.label_rows(s, data.train_rows[s]) for s in train_secs],
         spot_px=data.spot_px, region_px=data.region_px, augment=cfg.augment, seed=cfg.seed,
+        stain_stats=_stain_list(data, train_secs),
     )
     val_secs = [s for s in data.val_rows if len(data.val_rows[s])]
     val_ds = None
@@ -321,7 +345,7 @@ def _fit_spot_model(model: torch.nn.Module, model_cfg: ModelConfig, cfg: TrainCo
             [data.patches[s] for s in val_secs],
             [data.val_rows[s] for s in val_secs],
             [data.label_rows(s, data.val_rows[s]) for s in val_secs],
-            spot_px=data.spot_px, region_px=data.region_px,
+            spot_px=data.spot_px, region_px=data.region_px, stain_stats=_stain_list(data, val_secs),
         )
     norm = normalisation_for(model_cfg, data)
     init_bias = getattr(model, "init_output_bias", None)
@@ -333,14 +357,29 @@ def _fit_spot_model(model: torch.nn.Module, model_cfg: ModelConfig, cfg: TrainCo
     trainer, chosen, history = run_lightning(module, _datamodule(_SpotDataModule(train_ds, val_ds, cfg)), cfg,
                                              run_dir, has_val=val_ds is not None, steps_per_epoch=steps,
                                              resume=resume)
-    preds = {}
+    preds, predict = {}, None
     if trainer.is_global_zero:
-        for s in data.test_sections:
-            preds[s] = predict_rows(module, data.patches[s], data.rows[s], data.spot_px, data.region_px,
-                                    batch_size=max(cfg.batch_size, 32))
+        predict = rows_predictor(module, data, max(cfg.batch_size, 32))
+        preds = {s: predict(s, data.rows[s]) for s in data.test_sections}
     return FitResult(predictions=preds, history=history, checkpoint=chosen,
                      info={"checkpoint_used": chosen.name, "epochs_run": int(trainer.current_epoch)},
-                     global_rank=int(trainer.global_rank))
+                     global_rank=int(trainer.global_rank), predict=predict)
+
+
+def _stain_list(data: SplitData, sections: list[str]) -> list[np.ndarray] | None:
+    """Per-section stain statistics for a dataset over `sections` (None when normalisation is off)."""
+    stats = [data.stain_source(s) for s in sections]
+    return None if any(x is None for x in stats) else stats  # type: ignore[return-value]
+
+
+def rows_predictor(module: Any, data: SplitData, batch_size: int) -> Callable[..., np.ndarray]:
+    """(section, rows, adabn, tta) -> predictions of a spot-level module on cache rows."""
+
+    def predict(section: str, rows: np.ndarray, adabn: bool = False, tta: bool = False) -> np.ndarray:
+        return predict_rows(module, data.patches[section], rows, data.spot_px, data.region_px, batch_size=batch_size,
+                            stain_src=data.stain_source(section), adabn=adabn, tta=tta)
+
+    return predict
 
 
 def _progress_enabled() -> bool:
@@ -349,30 +388,80 @@ def _progress_enabled() -> bool:
 
 @torch.no_grad()
 def predict_rows(module: Any, patches: Any, rows: np.ndarray, spot_px: int, region_px: int,
-                 batch_size: int = 64) -> np.ndarray:
-    """Predict the given cache rows in order with the module's own preprocessing (eval mode, no augmentation)."""
-    ds = SpotDataset([patches], [rows], None, spot_px=spot_px, region_px=region_px)
+                 batch_size: int = 64, *, stain_src: np.ndarray | None = None, adabn: bool = False,
+                 tta: bool = False) -> np.ndarray:
+    """Predict the given cache rows in order with the module's own preprocessing (eval mode, no augmentation).
+
+    `adabn`: BatchNorm statistics re-estimated on these rows' patches first; `tta`: mean over the 8 D4 views.
+    """
+    ds = SpotDataset([patches], [rows], None, spot_px=spot_px, region_px=region_px,
+                     stain_stats=None if stain_src is None else [stain_src])
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
-    return predict_loader(module, loader)
+    return predict_loader(module, loader, adabn_batches=loader if adabn else None, tta=tta)
 
 
 @torch.no_grad()
-def predict_loader(module: Any, loader: Any) -> np.ndarray:
+def predict_loader(module: Any, loader: Any, *, adabn_batches: Any = None, tta: bool = False) -> np.ndarray:
     """Run a module over a loader of uint8 (spot, region) batches; autocast on CUDA."""
+    from contextlib import nullcontext
+
+    from hifusion.preprocess import adabn
+
     was_training = module.training
     module.eval()
     device = next(module.parameters()).device
+
+    def on_device(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+    def forward(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        with torch.autocast(device.type, enabled=device.type == "cuda"):
+            return module.predict_batch(on_device(batch), tta=tta)
+
     out = []
     try:
-        for batch in loader:
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            spot, region = module.preprocess(batch)
-            with torch.autocast(device.type, enabled=device.type == "cuda"):
-                pred = module.model(spot, region).pred
-            out.append(pred.float().cpu().numpy())
+        # a one-spot batch has no batch statistics (BatchNorm refuses it in training mode): estimate from the others
+        stats_batches = None if adabn_batches is None else (b for b in adabn_batches if len(b["spot"]) > 1)
+        ctx = nullcontext() if stats_batches is None else adabn(module, stats_batches, forward)
+        with ctx:
+            out = [forward(batch).float().cpu().numpy() for batch in loader]
     finally:
         module.train(was_training)
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def predict_variants(result: FitResult, data: SplitData, variants: dict[str, Any]) -> dict[str, dict[str, np.ndarray]]:
+    """Test predictions of a fitted model under each test-time variant (name -> AdaptConfig): section -> (N, G).
+
+    Inference runs once per (adabn, tta) pair; calibration is applied afterwards. `shrink` fits its factor on the
+    validation spots predicted under the same (adabn, tta) options; `centre` restores the training mean's level.
+    """
+    from hifusion.preprocess import centre_on, shrink_factor
+
+    if result.predict is None:
+        raise ValueError("this fit result holds no predictor")
+    level = data.train_labels().mean(0)
+    raw: dict[tuple[bool, bool], dict[str, np.ndarray]] = {}
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for name, a in variants.items():
+        key = (bool(a.adabn), bool(a.tta))
+        if key not in raw:
+            if key == (False, False) and result.predictions:
+                raw[key] = dict(result.predictions)
+            else:
+                raw[key] = {s: result.predict(s, data.rows[s], *key) for s in data.test_sections}
+        preds = raw[key]
+        if a.calibrate == "none":
+            out[name] = preds
+            continue
+        factor = 1.0
+        if a.calibrate == "shrink":
+            vsecs = [s for s in data.val_rows if len(data.val_rows[s])]
+            vp = [result.predict(s, data.val_rows[s], *key) for s in vsecs]
+            factor = shrink_factor(vp, [data.label_rows(s, data.val_rows[s]) for s in vsecs])
+            result.info[f"shrink_factor[{name}]"] = factor
+        out[name] = {s: centre_on(p, level, factor) for s, p in preds.items()}
+    return out
 
 
 from hifusion.train import fitters as _baseline_fitters  # noqa: E402,F401  (registers section/features/retrieval)

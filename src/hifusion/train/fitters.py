@@ -26,11 +26,12 @@ from hifusion.errors import ConfigError
 from hifusion.train.fit import (
     _FITTERS,
     FitResult,
+    _stain_list,
     make_meta,
     normalisation_for,
-    predict_rows,
     register_fitter,
     resolve_workers,
+    rows_predictor,
     run_lightning,
 )
 
@@ -60,6 +61,7 @@ def _section_dataset(data: SplitData, rows: dict[str, np.ndarray], with_labels: 
         [data.array_coords(s, rows[s]) for s in secs],
         [data.label_rows(s, rows[s]) for s in secs] if with_labels else None,
         spot_px=data.spot_px, region_px=data.region_px, augment=augment, seed=seed, with_region=with_region,
+        stain_stats=_stain_list(data, secs),
     )
 
 
@@ -105,33 +107,32 @@ def _fit_section_model(model: torch.nn.Module, model_cfg: ModelConfig, cfg: Trai
     trainer, chosen, history = run_lightning(module, _section_datamodule(train_ds, val_ds, cfg), cfg, run_dir,
                                              has_val=val_ds is not None, steps_per_epoch=len(train_ds),
                                              resume=resume)
-    preds = {}
+    preds, predict = {}, None
     if trainer.is_global_zero:
-        for s in data.test_sections:
-            preds[s] = predict_section(module, data.patches[s], data.rows[s], data.array_coords(s, data.rows[s]),
-                                       data.spot_px, data.region_px)
+
+        def predict(section: str, rows: np.ndarray, adabn: bool = False, tta: bool = False) -> np.ndarray:
+            return predict_section(module, data.patches[section], rows, data.array_coords(section, rows),
+                                   data.spot_px, data.region_px, stain_src=data.stain_source(section),
+                                   adabn=adabn, tta=tta)
+
+        preds = {s: predict(s, data.rows[s]) for s in data.test_sections}
     return FitResult(predictions=preds, history=history, checkpoint=chosen,
                      info={"checkpoint_used": chosen.name, "epochs_run": int(trainer.current_epoch)},
-                     global_rank=int(trainer.global_rank))
+                     global_rank=int(trainer.global_rank), predict=predict)
 
 
 @torch.no_grad()
 def predict_section(module: Any, patches: Any, rows: np.ndarray, coords: np.ndarray, spot_px: int,
-                    region_px: int) -> np.ndarray:
+                    region_px: int, *, stain_src: np.ndarray | None = None, adabn: bool = False,
+                    tta: bool = False) -> np.ndarray:
     """Predict the given rows of one section in one pass (eval mode, no augmentation): (len(rows), G) float32."""
+    from hifusion.train.fit import predict_loader
+
     ds = SectionDataset([patches], [rows], [coords], None, spot_px=spot_px, region_px=region_px,
-                        with_region=bool(getattr(module.model, "uses_region", True)))
-    was_training = module.training
-    module.eval()
-    device = next(module.parameters()).device
-    try:
-        batch = {k: v.to(device) for k, v in ds[0].items()}
-        spot, region = module.preprocess(batch)
-        with torch.autocast(device.type, enabled=device.type == "cuda"):
-            pred = module.model(spot, region, batch["coords"]).pred
-    finally:
-        module.train(was_training)
-    return pred.float().cpu().numpy()
+                        with_region=bool(getattr(module.model, "uses_region", True)),
+                        stain_stats=None if stain_src is None else [stain_src])
+    batch = [ds[0]]
+    return predict_loader(module, batch, adabn_batches=batch if adabn else None, tta=tta)
 
 
 # ------------------------------------------------------------------------------------ frozen features, closed form
@@ -139,12 +140,12 @@ def predict_section(module: Any, patches: Any, rows: np.ndarray, coords: np.ndar
 def _features(module: Any, data: SplitData, rows: dict[str, np.ndarray], batch_size: int) -> np.ndarray:
     secs = [s for s in rows if len(rows[s])]
     ds = SpotDataset([data.patches[s] for s in secs], [rows[s] for s in secs], None, spot_px=data.spot_px,
-                     region_px=data.region_px)
+                     region_px=data.region_px, stain_stats=_stain_list(data, secs))
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
     device = next(module.parameters()).device
     out = []
     for batch in loader:
-        spot, _ = module.preprocess({k: v.to(device) for k, v in batch.items()})
+        spot, _ = module.preprocess({k: v.to(device) for k, v in batch.items()})  # eval mode: no augmentation
         with torch.autocast(device.type, enabled=device.type == "cuda"):
             out.append(module.model.features(spot).float().cpu().numpy())
     return np.concatenate(out)
@@ -168,9 +169,9 @@ def _fit_features_model(model: torch.nn.Module, model_cfg: ModelConfig, cfg: Tra
     x = _features(module, data, {s: data.train_rows[s] for s in train_secs}, bs)
     model.fit_features(x, data.train_labels())
     ckpt = save_model_checkpoint(model, meta, run_dir / C.CKPT_DIR / C.CKPT_LAST)
-    preds = {s: predict_rows(module, data.patches[s], data.rows[s], data.spot_px, data.region_px, batch_size=bs)
-             for s in data.test_sections}
-    return FitResult(predictions=preds, checkpoint=ckpt,
+    predict = rows_predictor(module, data, bs)
+    preds = {s: predict(s, data.rows[s]) for s in data.test_sections}
+    return FitResult(predictions=preds, checkpoint=ckpt, predict=predict,
                      info={"checkpoint_used": ckpt.name, "n_features": int(x.shape[1]),
                            "alpha": float(getattr(model, "alpha_used", float("nan")))})
 

@@ -14,32 +14,12 @@ import torch
 from torch import nn
 
 from hifusion.config import TrainConfig
+from hifusion.preprocess import memory_format, normalise_images, preprocess_images, tta_mean
 from hifusion.train.losses import get_loss
 
+__all__ = ["CKPT_META_KEY", "ExpressionModule", "SectionModule", "memory_format", "normalise_images"]
+
 CKPT_META_KEY = "hifusion"
-
-
-def normalise_images(x: torch.Tensor, mode: str, mean: list[float] | None, std: list[float] | None) -> torch.Tensor:
-    """uint8 (B,3,H,W) -> float. `patch`: per image, per channel standardisation (the paper); `dataset`: fixed stats.
-
-    Per-patch standardisation removes stain intensity; the dataset mode keeps it (DESIGN.md section 8).
-    """
-    x = x.float().div_(255.0)
-    if mode == "patch":
-        m = x.mean(dim=(2, 3), keepdim=True)
-        s = x.std(dim=(2, 3), keepdim=True).clamp_min(1e-3)
-        return (x - m) / s
-    if mode == "dataset":
-        mt = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-        st = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-        return (x - mt) / st
-    raise ValueError(f"unknown normalisation '{mode}'")
-
-
-def memory_format(channels_last: bool | None, device: torch.device) -> torch.memory_format:
-    """Memory format of the image batches; `None` means channels_last on CUDA only."""
-    use = device.type == "cuda" if channels_last is None else channels_last
-    return torch.channels_last if use else torch.contiguous_format
 
 
 def pcc_gene_torch(pred: torch.Tensor, target: torch.Tensor) -> float:
@@ -58,19 +38,27 @@ class ExpressionModule(L.LightningModule):
         self.cfg = train_cfg
         self.meta = meta  # written into every checkpoint: model options, panel, labels, patch scale, normalisation
         self.loss_fn = get_loss(getattr(model, "loss_name", "mse"))
-        norm = meta["normalisation"]
-        self.norm_mode, self.norm_mean, self.norm_std = norm["mode"], norm.get("mean"), norm.get("std")
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     # ---------------------------------------------------------------------------------------------------- helpers
-    def preprocess(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def preprocess(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """uint8 batch -> model inputs: stain normalisation, colour augmentation (training only), standardisation."""
         fmt = memory_format(self.cfg.channels_last, batch["spot"].device)
-        spot = normalise_images(batch["spot"], self.norm_mode, self.norm_mean, self.norm_std)
-        region = normalise_images(batch["region"], self.norm_mode, self.norm_mean, self.norm_std)
-        return spot.contiguous(memory_format=fmt), region.contiguous(memory_format=fmt)
+        region = batch.get("region") if getattr(self.model, "uses_region", True) else None
+        spot, region = preprocess_images([batch["spot"], region], self.meta, source=batch.get("stain_src"),
+                                         augment=self.training and self.cfg.augment, fmt=fmt)
+        return spot, region
 
     def forward(self, spot: torch.Tensor, region: torch.Tensor) -> Any:
         return self.model(spot, region)
+
+    def call_model(self, spot: torch.Tensor, region: torch.Tensor | None, batch: dict[str, torch.Tensor]) -> Any:
+        return self.model(spot, region)
+
+    def predict_batch(self, batch: dict[str, torch.Tensor], tta: bool = False) -> torch.Tensor:
+        """Predictions of a uint8 batch (eval mode expected), averaged over the D4 views when `tta`."""
+        spot, region = self.preprocess(batch)
+        return tta_mean(lambda s, r: self.call_model(s, r, batch).pred, spot, region, tta)
 
     # --------------------------------------------------------------------------------------------------- training
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
@@ -82,7 +70,7 @@ class ExpressionModule(L.LightningModule):
     def run_model(self, batch: dict[str, torch.Tensor]) -> Any:
         """Preprocess a uint8 batch and call the model the way its input kind needs."""
         spot, region = self.preprocess(batch)
-        return self.model(spot, region)
+        return self.call_model(spot, region, batch)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         out = self.run_model(batch)
@@ -133,18 +121,8 @@ class SectionModule(ExpressionModule):
     normalised and passed when the model uses it (``uses_region``).
     """
 
-    def preprocess(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        fmt = memory_format(self.cfg.channels_last, batch["spot"].device)
-        spot = normalise_images(batch["spot"], self.norm_mode, self.norm_mean, self.norm_std)
-        region = None
-        if "region" in batch and getattr(self.model, "uses_region", True):
-            region = normalise_images(batch["region"], self.norm_mode, self.norm_mean, self.norm_std)
-            region = region.contiguous(memory_format=fmt)
-        return spot.contiguous(memory_format=fmt), region
-
     def forward(self, spot: torch.Tensor, region: torch.Tensor | None, coords: torch.Tensor | None = None) -> Any:
         return self.model(spot, region, coords)
 
-    def run_model(self, batch: dict[str, torch.Tensor]) -> Any:
-        spot, region = self.preprocess(batch)
+    def call_model(self, spot: torch.Tensor, region: torch.Tensor | None, batch: dict[str, torch.Tensor]) -> Any:
         return self.model(spot, region, batch["coords"])

@@ -1,0 +1,166 @@
+"""Image preprocessing and test-time adaptation shared by training, benchmarking and whole-slide prediction.
+
+One implementation, so that a spot predicted by `predict` and the same spot scored in a benchmark see the same
+pixels. Nothing here imports Lightning, training or evaluation code.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hifusion import stain
+
+D4_SIZE = 8  # the flips and rotations of the square
+
+
+def standardise(x: torch.Tensor, mode: str, mean: Sequence[float] | None, std: Sequence[float] | None) -> torch.Tensor:
+    """Float [0, 1] (B,3,H,W) -> model input. `patch`: per image, per channel (the paper); `dataset`: fixed stats.
+
+    Per-patch standardisation removes stain intensity; the dataset mode keeps it (DESIGN.md section 8).
+    """
+    if mode == "patch":
+        m = x.mean(dim=(2, 3), keepdim=True)
+        s = x.std(dim=(2, 3), keepdim=True).clamp_min(1e-3)
+        return (x - m) / s
+    if mode == "dataset":
+        mt = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        st = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        return (x - mt) / st
+    raise ValueError(f"unknown normalisation '{mode}'")
+
+
+def normalise_images(x: torch.Tensor, mode: str, mean: list[float] | None, std: list[float] | None) -> torch.Tensor:
+    """uint8 (B,3,H,W) -> standardised float input (no stain handling)."""
+    return standardise(x.float().div_(255.0), mode, mean, std)
+
+
+def memory_format(channels_last: bool | None, device: torch.device) -> torch.memory_format:
+    """Memory format of the image batches; `None` means channels_last on CUDA only."""
+    use = device.type == "cuda" if channels_last is None else channels_last
+    return torch.channels_last if use else torch.contiguous_format
+
+
+def preprocess_images(
+    images: Sequence[torch.Tensor | None],
+    meta: Mapping[str, Any],
+    *,
+    source: torch.Tensor | None = None,
+    augment: bool = False,
+    fmt: torch.memory_format = torch.contiguous_format,
+) -> list[torch.Tensor | None]:
+    """uint8 image batches of the same spots (spot, region, ...) -> model inputs, with the checkpoint's stain rules.
+
+    Order: Reinhard normalisation of each spot's section onto the training reference (`source`: (B, 2, 3) LAB
+    statistics of the spot's section), then, when training, one colour augmentation per spot shared by all its
+    images, then standardisation. Without stain options this is exactly `normalise_images`.
+    """
+    norm = meta["normalisation"]
+    st = meta.get("stain") or {}
+    xs = [None if x is None else x.float().div_(255.0) for x in images]
+    if st.get("normalise", "none") == "reinhard":
+        if source is None:
+            raise ValueError("stain normalisation 'reinhard' needs the section's stain statistics in the batch")
+        ref = torch.as_tensor(st["reference"], dtype=torch.float32, device=xs[0].device)
+        src = source.to(device=xs[0].device, dtype=torch.float32)
+        xs = [None if x is None else stain.reinhard(x, src, ref) for x in xs]
+    if augment and st.get("augment"):
+        first = next(x for x in xs if x is not None)
+        params = stain.colour_params(first.shape[0], st["augment"], first)
+        xs = [None if x is None else stain.apply_colour(x, params) for x in xs]
+    return [None if x is None else standardise(x, norm["mode"], norm.get("mean"), norm.get("std"))
+            .contiguous(memory_format=fmt) for x in xs]
+
+
+# ----------------------------------------------------------------------------------------------------- test time
+def d4(x: torch.Tensor | None, k: int) -> torch.Tensor | None:
+    """The k-th element (0-7) of the dihedral group on the last two axes: k // 4 flips, k % 4 quarter turns."""
+    if x is None:
+        return None
+    if k >= 4:
+        x = torch.flip(x, dims=(-1,))
+    return torch.rot90(x, k % 4, dims=(-2, -1)) if k % 4 else x
+
+
+def tta_mean(forward: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor], spot: torch.Tensor,
+             region: torch.Tensor | None, tta: bool) -> torch.Tensor:
+    """Prediction averaged over the 8 D4 views (the same view of spot and region), or the plain one."""
+    if not tta:
+        return forward(spot, region)
+    total = None
+    for k in range(D4_SIZE):
+        p = forward(d4(spot, k), d4(region, k)).float()
+        total = p if total is None else total + p
+    return total / D4_SIZE
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@contextmanager
+def adabn(owner: Any, batches: Iterable[Any], forward: Callable[[Any], Any]) -> Iterator[None]:
+    """Within the block, `owner.model` is a copy whose BatchNorm statistics were re-estimated on `batches` of the
+    target section (AdaBN, Li et al. 2016): `forward(batch)` runs `owner.model` once per batch.
+
+    Running statistics are reset and averaged with equal weight over the batches (momentum None); every other layer
+    stays in eval mode (no dropout) and no weight changes. The original model is put back afterwards. With no batch
+    the trained statistics are kept.
+    """
+    orig = owner.model
+    if not has_batchnorm(orig):
+        yield
+        return
+    adapted = copy.deepcopy(orig)
+    adapted.eval()
+    for m in adapted.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None
+            m.train()
+    owner.model = adapted
+    try:
+        seen = 0
+        with torch.no_grad():
+            for b in batches:
+                forward(b)
+                seen += 1
+        if seen:
+            adapted.eval()
+        else:  # nothing to estimate from (e.g. a one-spot section): keep the trained statistics
+            owner.model = orig
+        yield
+    finally:
+        owner.model = orig
+
+
+# ------------------------------------------------------------------------------------------------------ calibration
+def centre_on(pred: np.ndarray, level: np.ndarray, factor: float = 1.0) -> np.ndarray:
+    """Each gene's predictions moved so that their section mean is `level` (the training mean), with the spatial
+    part around it scaled by `factor`: the level of a whole section is what a slide's stain moves."""
+    p = np.asarray(pred, dtype=np.float64)
+    return (np.asarray(level, np.float64)[None, :] + factor * (p - p.mean(axis=0, keepdims=True))).astype(np.float32)
+
+
+def shrink_factor(val_pred: Sequence[np.ndarray], val_truth: Sequence[np.ndarray]) -> float:
+    """Least-squares factor on the section-centred spatial part over validation spots (all genes), in [0, 1].
+
+    One factor for all genes: with a few dozen validation spots a per-gene factor would mostly fit noise.
+    """
+    num = den = 0.0
+    for p, t in zip(val_pred, val_truth, strict=True):
+        if len(p) < 2:
+            continue
+        pc = np.asarray(p, np.float64) - np.mean(p, axis=0, keepdims=True)
+        tc = np.asarray(t, np.float64) - np.mean(t, axis=0, keepdims=True)
+        num += float((pc * tc).sum())
+        den += float((pc * pc).sum())
+    if den <= 0:
+        return 0.0
+    return float(np.clip(num / den, 0.0, 1.0))
