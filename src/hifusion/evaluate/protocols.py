@@ -62,8 +62,8 @@ def ensure_cache(data_cfg: DataConfig, *, progress: bool = True) -> Path:
     prepare_sections(
         p.format, root, p.sections, cache,
         spot_um=p.spot_um, spot_px=p.spot_px, region_factor=p.region_factor,
-        mpp=p.mpp or None, coord_scale=p.coord_scale or None,
-        compression=None if p.compression == "none" else p.compression,
+        mpp=p.mpp or None, coord_scale=p.coord_scale or None, images=p.image or None,
+        allow_background=p.allow_background, compression=None if p.compression == "none" else p.compression,
         overwrite=False, progress=progress,
     )
     return cache
