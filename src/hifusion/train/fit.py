@@ -269,6 +269,9 @@ def run_lightning(module: Any, datamodule: Any, cfg: TrainConfig, run_dir: Path,
         ModelCheckpoint(dirpath=ckpt_dir, filename=last.stem, monitor=None, save_top_k=1, enable_version_counter=False),
         _epoch_writer(run_dir / C.RUN_METRICS),
     ]
+    from hifusion.train.progress import EpochLines, use_bar  # a bar on a terminal, one line per epoch elsewhere
+
+    callbacks += [] if use_bar() else [EpochLines(getattr(module.model, "name", "") or type(module.model).__name__)]
     if has_val:
         callbacks.insert(0, ModelCheckpoint(dirpath=ckpt_dir, filename=best.stem, monitor="val_mse", save_top_k=1,
                                             enable_version_counter=False))
@@ -290,7 +293,7 @@ def run_lightning(module: Any, datamodule: Any, cfg: TrainConfig, run_dir: Path,
         enable_model_summary=False,
         log_every_n_steps=max(1, steps_per_epoch),
         default_root_dir=run_dir,
-        enable_progress_bar=_progress_enabled(),
+        enable_progress_bar=use_bar(),
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     chosen = best if has_val and best.exists() else last
