@@ -2,8 +2,9 @@
 
 A bar redrawn with carriage returns is unreadable in a log file (only its last state survives), so when stderr is not
 a terminal, or bars are switched off with `HIFUSION_PROGRESS=0` (CI does this), the commands print one plain line per
-unit of work instead, prefixed `[hifusion] ` like the package's other notes: per epoch (train), per section (prepare), every 10% of the spots (predict). Those lines are few
-and carry the figures a user watches (loss, validation scores, seconds), so they are printed in both cases.
+unit of work instead, prefixed `[hifusion] ` like the package's other notes: per epoch (train), per section
+(prepare), every 10% of the spots (predict). Those lines are few and carry the figures a user watches (loss,
+validation scores, seconds), so they are printed in both cases.
 """
 
 from __future__ import annotations
@@ -30,7 +31,14 @@ def stderr_is_terminal() -> bool:
 
 
 def use_bars() -> bool:
-    """A live bar only makes sense on an interactive terminal, and only when not switched off."""
+    """Progress that works everywhere: a rich bar on a terminal, plain one-line reports in log files and cluster jobs.
+
+A bar redrawn with carriage returns is unreadable in a log file (only its last state survives), so when stderr is not
+a terminal, or bars are switched off with `HIFUSION_PROGRESS=0` (CI does this), the commands print one plain line per
+unit of work instead, prefixed `[hifusion] ` like the package's other notes: per epoch (train), per section
+(prepare), every 10% of the spots (predict). Those lines are few and carry the figures a user watches (loss,
+validation scores, seconds), so they are printed in both cases.
+"""
     return bars_allowed() and stderr_is_terminal()
 
 

@@ -144,6 +144,26 @@ def test_level_patches_match_level0(pyramid_tiff: Path) -> None:
     assert diff < 6.0, diff  # resampling noise only; a one-pixel shift of the texture gives ~15
 
 
+def test_batch_block_read_is_bit_identical(pyramid_tiff: Path) -> None:
+    """A batch of neighbouring spots reads its bounding box once; its patches equal per-spot `extract_patch` reads."""
+    from hifusion.predict.slide import _Block, block_view
+
+    rng = np.random.default_rng(5)
+    groups = [rng.uniform(600, 1000, size=(12, 2)), rng.uniform(0, 150, size=(6, 2))]  # inside; over the corner
+    for level in (0, 1):
+        s = open_slide(pyramid_tiff, mpp=None, target_mpp=PIXEL_SIZE, level=level)
+        try:
+            stream = PatchStream(s, PIXEL_SIZE, SPOT_PX, REGION_PX, 16)
+            for coords in groups:
+                centres = stream.level_centres(coords)
+                assert isinstance(block_view(s.view, centres, REGION_PX, PIXEL_SIZE, s.level_mpp), _Block)
+                got = stream.make_batch(centres)["region"].numpy().transpose(0, 2, 3, 1)
+                want = np.stack([extract_patch(s.view, c, REGION_PX, PIXEL_SIZE, s.level_mpp)[0] for c in centres])
+                np.testing.assert_array_equal(got, want)
+        finally:
+            s.close()
+
+
 # ------------------------------------------------------------------------------------------------------- end to end
 def test_predict_pyramid_end_to_end(tmp_path: Path, checkpoint: Path, pyramid_tiff: Path, slide_data) -> None:
     out = predict_slide(checkpoint, pyramid_tiff, tmp_path / "pred", progress=False, device="cpu")

@@ -259,7 +259,7 @@ def _figures(out: Path, map_inputs: list[tuple[Any, str, dict[str, np.ndarray]]]
             fig_dir / f"maps_{s}.png", thumb, float(sf.get(C.UNS_HIRES_SCALEF, 1.0)),
             np.asarray(src.obsm[C.OBSM_SPATIAL])[data.rows[s]], data.labels[s], preds,
             genes=data.panel, panel=list(C.MARKER_GENES),
-            spot_diameter_px=float(sf.get(C.UNS_SPOT_DIAMETER, 100.0)),
+            spot_diameter_px=float(sf.get(C.UNS_SPOT_DIAMETER, 100.0)), label=data.label,
         ))
     if curves:
         figs["curves"].append(plot_training_curves(fig_dir / "training_curves.png", curves))

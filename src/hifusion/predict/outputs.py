@@ -93,15 +93,15 @@ def write_maps(
     spot_diameter_px: float,
     label: str,
 ) -> dict[str, Path]:
-    """One PNG per gene over the thumbnail (evaluate.plots.plot_expression_map); returns gene -> file."""
-    from hifusion.evaluate.plots import plot_expression_map
+    """One PNG per gene over the thumbnail, in the report's map layout (evaluate.plots.plot_spot_maps)."""
+    from hifusion.evaluate.plots import plot_spot_maps
 
     col = {g: i for i, g in enumerate(panel)}
     out = {}
     for g in genes:
-        out[g] = plot_expression_map(
-            folder / f"{safe_name(g)}.png", thumbnail, scalef, coords, np.asarray(pred)[:, col[g]],
-            f"{g} (predicted, {label})", spot_diameter_px,
+        out[g] = plot_spot_maps(
+            folder / f"{safe_name(g)}.png", thumbnail, scalef, coords, {"predicted": np.asarray(pred)[:, [col[g]]]},
+            [g], spot_diameter_px, label=label,
         )
     return out
 
