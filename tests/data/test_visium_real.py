@@ -100,3 +100,27 @@ def test_h5ad_with_scanpy_images(visium_scanpy, tmp_path):
     b, pf = load_cache(tmp_path / "c2", "S2")
     assert pf.image_mpp == pytest.approx(MPP_LOWRES) and b.uns["hifusion"]["image_kind"] == "lowres"
     np.testing.assert_allclose(b.obsm["spatial"], a.obsm["spatial"] * sf["tissue_lowres_scalef"])
+
+
+def test_cli_prepare_visium(visium_scanpy, tmp_path):
+    """The done-when of issue 15 as a user types it: refused by name, then written from the lowres image."""
+    import os
+    import subprocess
+    import sys
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "hifusion.cli", "prepare", *args], capture_output=True,
+                              text=True, timeout=300, env={**os.environ, "COLUMNS": "200"})
+
+    help_text = cli("--help").stdout
+    assert "--image" in help_text and "--allow-background" in help_text
+    base = ("--format", "visium", "--root", str(visium_scanpy), "--spot-px", "112")
+    res = cli(*base, "--out", str(tmp_path / "a"))
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error: ")]
+    assert res.returncode == 2 and len(errors) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert "tissue_hires_image.png: no tissue under the spots" in errors[0]
+    res = cli(*base, "--out", str(tmp_path / "b"), "--image", f"{SECTION}={_lowres(visium_scanpy)}")
+    assert res.returncode == 0, res.stderr
+    assert "13.7 um/px" in res.stderr and "warning: " in res.stderr and "upsampled 9.9x" in res.stderr
+    assert "100 spots, 100% on tissue" in res.stderr
+    assert load_cache(tmp_path / "b", SECTION)[0].n_obs == 100
