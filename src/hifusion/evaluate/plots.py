@@ -45,6 +45,7 @@ def _save(fig: Any, out_png: str | os.PathLike[str]) -> Path:
 
 
 SPOT_MAP_INCH = 3.6  # one map panel; spots are drawn at their true diameter, so panels must not be tiny
+SINGLE_MAP_INCH = 6.0  # a map shown alone (predict: one PNG per gene) gets a larger panel
 BAR_INCH = 1.2  # room for a row's colour bar and its two-line label
 FADE = 0.6  # H&E under the spots: grey, blended this far toward white, so colours read against it
 LIMIT_PERCENTILES = (2.0, 98.0)  # shared colour range of a gene: truth and every model's predictions together
@@ -143,6 +144,7 @@ def plot_spot_maps(
     *,
     label: str | None = None,
     titles: Mapping[str, Sequence[str]] | None = None,
+    panel_inch: float = SPOT_MAP_INCH,
 ) -> Path:
     """The one map layout of the package (benchmark report and `predict`): a row per gene, a column per source.
 
@@ -163,7 +165,7 @@ def plot_spot_maps(
         if v.shape != (len(xy), len(genes)):
             raise ValueError(f"values of {m!r} have shape {v.shape}, expected ({len(xy)}, {len(genes)})")
     diameter = float(spot_diameter_px) * float(scalef)
-    fig = _figure(SPOT_MAP_INCH * len(names) + BAR_INCH, SPOT_MAP_INCH * len(genes))
+    fig = _figure(panel_inch * len(names) + BAR_INCH, panel_inch * len(genes))
     axes = fig.subplots(len(genes), len(names), squeeze=False)
     unit = unit_label(label)
     for i, g in enumerate(genes):
@@ -287,7 +289,7 @@ def plot_expression_map(
     if v.shape[0] != len(_display_xy(coords_px, scalef)):
         raise ValueError(f"{v.shape[0]} values for {len(coords_px)} spots")
     return plot_spot_maps(out_png, thumbnail, scalef, coords_px, {title: v[:, None]}, [gene or ""], spot_diameter_px,
-                          label=label)
+                          label=label, panel_inch=SINGLE_MAP_INCH)
 
 
 def plot_ablation_lines(

@@ -94,14 +94,14 @@ def write_maps(
     label: str,
 ) -> dict[str, Path]:
     """One PNG per gene over the thumbnail, in the report's map layout (evaluate.plots.plot_spot_maps)."""
-    from hifusion.evaluate.plots import plot_spot_maps
+    from hifusion.evaluate.plots import SINGLE_MAP_INCH, plot_spot_maps
 
     col = {g: i for i, g in enumerate(panel)}
     out = {}
     for g in genes:
         out[g] = plot_spot_maps(
             folder / f"{safe_name(g)}.png", thumbnail, scalef, coords, {"predicted": np.asarray(pred)[:, [col[g]]]},
-            [g], spot_diameter_px, label=label,
+            [g], spot_diameter_px, label=label, panel_inch=SINGLE_MAP_INCH,
         )
     return out
 
