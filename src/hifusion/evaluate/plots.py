@@ -180,6 +180,9 @@ def plot_spot_maps(
         bar = fig.colorbar(coll, ax=list(axes[i, :]), shrink=0.85, fraction=0.04, pad=0.01)
         bar.set_label(f"{g}, {unit}" if g else unit, fontsize=8)
         bar.ax.tick_params(labelsize=8)
+    if len(names) > 1:
+        fig.suptitle("discs: spots at their real diameter over the H&E (grey); colours: one scale per gene, shared by "
+                     "all panels of its row (2nd-98th percentile)", fontsize=9)
     return _save(fig, out_png)
 
 
