@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import subprocess
 import sys
@@ -156,20 +157,28 @@ def run(args: argparse.Namespace) -> dict:
     res["peak_rss_mb_after_patches"] = round(peak_rss_mb(), 0)  # slide reading + the patches kept in memory
 
     predict_loader(module, batches[:1])  # warm-up (allocator, kernels) outside both timings
-    model_s, e2e_s = [], []
+    model_s, e2e_s, model_cpu, e2e_cpu = [], [], [], []
     for _ in range(args.rounds):  # alternate, so a change of machine load hits both phases alike
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         predict_loader(module, batches)
         model_s.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
+        model_cpu.append(time.process_time() - c0)
+        t0, c0 = time.perf_counter(), time.process_time()
         predict_coords(module, s, coords, batch_size=args.batch_size)
         e2e_s.append(time.perf_counter() - t0)
+        e2e_cpu.append(time.process_time() - c0)
     del batches
     n = len(coords)
     model_rate, e2e_rate = n * len(model_s) / sum(model_s), n * len(e2e_s) / sum(e2e_s)
     res["model_only"] = {"spots": n, "seconds": [round(v, 2) for v in model_s], "spots_per_s": round(model_rate, 2)}
     res["end_to_end"] = {"spots": n, "seconds": [round(v, 2) for v in e2e_s], "spots_per_s": round(e2e_rate, 2)}
     res["ratio"] = round(e2e_rate / model_rate, 3)
+    # CPU seconds of this process (all its threads): on a machine shared with other jobs the wall-clock ratio drifts
+    # with their load, while the CPU-time ratio says what the ratio would be with the cores to ourselves
+    res["cpu_s_per_spot"] = {"model_only": round(sum(model_cpu) / (n * len(model_cpu)), 5),
+                             "end_to_end": round(sum(e2e_cpu) / (n * len(e2e_cpu)), 5)}
+    res["cpu_ratio"] = round(sum(model_cpu) / sum(e2e_cpu), 3)
+    res["load_average_1min"] = round(os.getloadavg()[0], 2)
     s.close()
     res["peak_rss_mb"] = round(peak_rss_mb(), 0)
     return res
@@ -201,11 +210,16 @@ def main() -> None:
         ("patch streaming only", f"{res['patches_only']['spots_per_s']} spots/s"),
         ("model only (patches in memory)", f"{res['model_only']['spots_per_s']} spots/s"),
         ("end to end (predict_coords)", f"{res['end_to_end']['spots_per_s']} spots/s"),
-        ("end to end / model only", f"{res['ratio']:.2f}"),
+        ("end to end / model only (wall clock)", f"{res['ratio']:.2f}"),
+        ("load average (1 min) at the end", f"{res['load_average_1min']} on {os.cpu_count()} CPUs"),
         ("peak RSS after setup / patch streaming", f"{res['peak_rss_mb_after_setup']:.0f} / "
                                                    f"{res['peak_rss_mb_after_patches']:.0f} MB"),
         ("peak RSS (with model activations)", f"{res['peak_rss_mb']:.0f} MB"),
     ]
+    cpu = res["cpu_s_per_spot"]
+    rows.insert(8, ("end to end / model only (CPU time)",
+                    f"{res['cpu_ratio']:.2f} ({cpu['end_to_end'] * 1e3:.1f} vs {cpu['model_only'] * 1e3:.1f} "
+                    "CPU ms/spot)"))
     width = max(len(k) for k, _ in rows)
     print(f"\n{'measure':<{width}} | value\n{'-' * width}-|------")
     for k, v in rows:
