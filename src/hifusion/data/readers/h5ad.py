@@ -93,8 +93,8 @@ def _scalefactors(adata: ad.AnnData) -> dict[str, Any] | None:
     return None
 
 
-def _uns_image(adata: ad.AnnData, sf: dict[str, Any] | None, path: Path) -> tuple[np.ndarray, float, str] | None:
-    """(image, scale factor, description) of the hires, else lowres, image held in `uns['spatial']`; None if none."""
+def _uns_image(adata: ad.AnnData, sf: dict[str, Any] | None, path: Path) -> tuple[np.ndarray, float, str, str] | None:
+    """(image, scale factor, kind, description) of the hires, else lowres, image in `uns['spatial']`; None if none."""
     lib = _library(adata)
     images = lib[1].get("images") if lib is not None else None
     if not isinstance(images, dict):
@@ -106,7 +106,7 @@ def _uns_image(adata: ad.AnnData, sf: dict[str, Any] | None, path: Path) -> tupl
             except (KeyError, TypeError, ValueError):
                 raise InputError(f"uns['spatial']['{lib[0]}'] has a {kind} image but no usable scalefactors['{key}']",
                                  path) from None
-            return np.asarray(images[kind]), scalef, f"uns['spatial']['{lib[0]}']['images']['{kind}']"
+            return np.asarray(images[kind]), scalef, kind, f"uns['spatial']['{lib[0]}']['images']['{kind}']"
     return None
 
 
@@ -146,8 +146,8 @@ def read(
         if held is None:
             raise InputError("no image given, none found beside it (or in wsis/) and none in uns['spatial']; "
                              "pass the image path (--image SECTION=PATH)", path)
-        image_array, image_scalef, image_desc = held
-        image_path, image_kind = path, image_desc.rsplit("'", 2)[-2]
+        image_array, image_scalef, image_kind, image_desc = held
+        image_path = path
     scale = image_scalef if coord_scale is None else float(coord_scale)  # a user's coordinate scale wins
     centers = np.asarray(adata.obsm[OBSM_SPATIAL], dtype=np.float64)[:, :2] * scale
     visium = visium or (sf is not None and VISIUM_FIDUCIAL_DIAMETER in sf)
