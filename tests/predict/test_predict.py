@@ -299,25 +299,15 @@ def test_cli_predict(tmp_path: Path, checkpoint: Path, plain_png: Path) -> None:
     assert isinstance(bad.exception, HifusionError) and "--mpp" in str(bad.exception)
 
 
-def test_map_discs_leave_room_between_spots(tmp_path: Path) -> None:
+def test_map_discs_leave_room_between_spots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Predict maps draw a virtual spot no wider than 80% of the spot spacing (the H&E shows between discs)."""
+    import hifusion.evaluate.plots as plots
     from hifusion.predict import outputs
 
     xy = np.array([[x * 100.0, y * 100.0] for x in range(4) for y in range(3)])
     assert outputs._spacing(xy) == pytest.approx(100.0) and outputs._spacing(xy[:1]) == 0.0
     drawn = {}
-    orig = outputs.__dict__.get("write_maps")
-
-    def spy(*args, **kwargs):
-        drawn["d"] = args[6]
-        return tmp_path / "x.png"
-
-    import hifusion.evaluate.plots as plots
-
-    real = plots.plot_spot_maps
-    plots.plot_spot_maps = spy
-    try:
-        orig(tmp_path, ["g"], ["g"], np.zeros((12, 1)), xy, np.zeros((10, 10, 3), np.uint8), 0.01, 300.0, "logprop")
-    finally:
-        plots.plot_spot_maps = real
+    monkeypatch.setattr(plots, "plot_spot_maps", lambda *a, **k: drawn.setdefault("d", a[6]))
+    outputs.write_maps(tmp_path, ["g"], ["g"], np.zeros((12, 1)), xy, np.zeros((10, 10, 3), np.uint8), 0.01, 300.0,
+                       "logprop")
     assert drawn["d"] == pytest.approx(80.0)
