@@ -15,3 +15,14 @@ def her2st_shared() -> Path:
     if not (SHARED_HER2ST / "ST-cnts").is_dir():
         pytest.skip(f"real HER2ST data not found at {SHARED_HER2ST} (expected ../shared/data/her2st beside the repo)")
     return SHARED_HER2ST
+
+
+SHARED_VISIUM = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "visium_scanpy"
+
+
+@pytest.fixture(scope="session")
+def visium_scanpy() -> Path:
+    """scanpy's real Space Ranger 1.0.0 test output (100 spots, blank hires image), or skip saying where it looked."""
+    if not (SHARED_VISIUM / "outs" / "filtered_feature_bc_matrix.h5").is_file():
+        pytest.skip(f"real Visium fixture not found at {SHARED_VISIUM} (expected ../shared/data/visium_scanpy)")
+    return SHARED_VISIUM

@@ -38,6 +38,17 @@ def _parse_mapping(items: list[str] | None, option: str) -> dict[str, float]:
     return out
 
 
+def _parse_paths(items: list[str] | None, option: str) -> dict[str, Path]:
+    """`--image C2=/data/c2.tif --image C3=/data/c3.tif` -> {'C2': Path(...), 'C3': Path(...)} (paths keep commas)."""
+    out: dict[str, Path] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise HifusionError(f"{option} expects SECTION=PATH, got '{item}'")
+        out[key.strip()] = Path(value.strip()).expanduser()
+    return out
+
+
 def _sections(value: str | None) -> list[str] | None:
     return [s.strip() for s in value.split(",") if s.strip()] if value else None
 
@@ -67,6 +78,12 @@ def prepare(
     mpp: Annotated[list[str] | None, typer.Option(help="Per-section image um/px override, e.g. C2=0.69.")] = None,
     coord_scale: Annotated[list[str] | None, typer.Option(help="Per-section spot coordinate scale, e.g. A1=0.2876.")]
     = None,
+    image: Annotated[list[str] | None, typer.Option(
+        help="Per-section image to cut patches from, e.g. S1=outs/spatial/tissue_hires_image.png (Space Ranger's "
+             "hires/lowres images get their scale factor from scalefactors_json.json). Visium default: a "
+             "full-resolution image beside outs/, else the hires, else the lowres image.")] = None,
+    allow_background: Annotated[bool, typer.Option(
+        help="Keep a section even when most of its spot patches are background (blank, black or white).")] = False,
     compression: Annotated[str, typer.Option(help="none | lzf")] = "none",
     workers: Annotated[int, typer.Option(help="Sections prepared in parallel.")] = 1,
     shard: Annotated[str | None, typer.Option(help="i/n: prepare every n-th section from i (cluster arrays).")] = None,
@@ -80,6 +97,7 @@ def prepare(
         fmt, root if root is not None else her2st_sample(), _sections(sections), out,
         spot_um=spot_um, spot_px=spot_px, region_factor=region_factor,
         mpp=_parse_mapping(mpp, "--mpp") or None, coord_scale=_parse_mapping(coord_scale, "--coord-scale") or None,
+        images=_parse_paths(image, "--image") or None, allow_background=allow_background,
         compression=None if compression == "none" else compression, overwrite=overwrite, progress=True,
         workers=workers, shard=shard,
     )
@@ -242,8 +260,25 @@ def efficiency(
     typer.echo(f"table: {md}  csv: {csv}")
 
 
+def _one_line_warnings() -> None:
+    """Our warnings as one 'warning: ...' line on stderr, not Python's two lines with a source path and code."""
+    import warnings
+
+    default = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: object = None,
+             line: str | None = None) -> None:
+        if "hifusion" in filename.replace("\\", "/").split("/"):
+            typer.echo(f"warning: {message}", err=True)
+        else:
+            default(message, category, filename, lineno, file, line)  # type: ignore[arg-type]
+
+    warnings.showwarning = show
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
+    _one_line_warnings()
     try:
         app()
     except HifusionError as exc:

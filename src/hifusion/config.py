@@ -33,6 +33,8 @@ class PrepareConfig(_Strict):
     region_factor: float = Field(C.DEFAULT_REGION_FACTOR, ge=1.0)
     mpp: dict[str, float] = Field(default_factory=dict)
     coord_scale: dict[str, float] = Field(default_factory=dict)
+    image: dict[str, Path] = Field(default_factory=dict)  # per-section image to cut from (prepare --image S=PATH)
+    allow_background: bool = False  # keep sections whose spot patches are mostly background
     compression: Literal["none", "lzf"] = "none"
 
 

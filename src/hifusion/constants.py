@@ -22,6 +22,11 @@ OBS_AT_BORDER = "at_border"
 OBS_TOTAL_COUNTS = "total_counts"
 OBS_LOW_COUNTS = "low_counts"
 LOW_COUNTS_THRESHOLD = 100
+OBS_TISSUE_FRACTION = "tissue_fraction"  # share of the spot patch's pixels that look like tissue (prepare, predict)
+OBS_ON_TISSUE = "on_tissue"  # tissue_fraction >= MIN_SPOT_TISSUE_FRACTION
+MIN_SPOT_TISSUE_FRACTION = 0.05  # under this the spot patch is background (blank, black or white glass)
+MAX_BACKGROUND_SHARE = 0.5  # prepare stops when more spots of a section than this are background
+UPSAMPLE_WARN_FACTOR = 4.0  # prepare warns when patches are enlarged more than this from the image
 
 # ----------------------------------------------------------------------------------------------- var/obsm/uns keys
 VAR_GENE_IDS = "gene_ids"
@@ -74,6 +79,11 @@ VISIUM_SPATIAL_DIR = "spatial"
 VISIUM_POSITIONS = "tissue_positions.csv"
 VISIUM_POSITIONS_LEGACY = "tissue_positions_list.csv"
 VISIUM_SCALEFACTORS = "scalefactors_json.json"
+VISIUM_HIRES_IMAGE = "tissue_hires_image.png"  # Space Ranger's downsampled copies, used when no full-res image
+VISIUM_LOWRES_IMAGE = "tissue_lowres_image.png"
+VISIUM_HIRES_SCALEF = "tissue_hires_scalef"  # full-resolution pixels -> hires image pixels
+VISIUM_LOWRES_SCALEF = "tissue_lowres_scalef"
+VISIUM_FIDUCIAL_DIAMETER = "fiducial_diameter_fullres"  # written by Space Ranger only: marks scale factors as Visium
 
 # --------------------------------------------------------------------------------------------------- HEST-1k
 HEST_PIXEL_SIZE_KEY = "pixel_size_um_estimated"

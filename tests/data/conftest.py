@@ -19,6 +19,8 @@ ORIGIN = (150.0, 130.0)
 IMG_SIZE = (700, 560)  # w, h
 GENES = [f"G{i}" for i in range(8)]
 MARKER = (255, 0, 0)
+TISSUE = (235, 190, 220)  # pale eosin pink: what `prepare`'s tissue check counts as tissue (glass stays white)
+TISSUE_MARGIN = 60  # px of tissue around the outermost spots; the image's outer frame stays white (pad colour)
 
 
 def spot_grid(nx: int = 4, ny: int = 3) -> pd.DataFrame:
@@ -32,10 +34,17 @@ def spot_grid(nx: int = 4, ny: int = 3) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def draw_image(centres: np.ndarray, size: tuple[int, int] = IMG_SIZE, bg: int = 255, marker: int = 2) -> np.ndarray:
-    """Background `bg` with a red (2*marker+1)-px square on the pixel nearest each spot centre."""
+def draw_image(centres: np.ndarray, size: tuple[int, int] = IMG_SIZE, bg: int = 255, marker: int = 2,
+               tissue: bool = True) -> np.ndarray:
+    """Background `bg`, pink tissue under the spots (unless `tissue=False`), and a red (2*marker+1)-px square on
+    the pixel nearest each spot centre."""
     w, h = size
     img = np.full((h, w, 3), bg, np.uint8)
+    c = np.asarray(centres, dtype=np.float64).reshape(-1, 2)
+    if tissue and len(c):
+        x0, y0 = np.maximum(np.floor(c.min(axis=0) - TISSUE_MARGIN).astype(int), 0)
+        x1, y1 = np.ceil(c.max(axis=0) + TISSUE_MARGIN).astype(int)
+        img[y0 : y1 + 1, x0 : x1 + 1] = TISSUE
     for cx, cy in np.floor(np.asarray(centres) + 0.5).astype(int):
         img[max(cy - marker, 0) : cy + marker + 1, max(cx - marker, 0) : cx + marker + 1] = MARKER
     return img

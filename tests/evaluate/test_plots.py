@@ -9,7 +9,23 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from hifusion.evaluate.plots import plot_expression_map, plot_marker_maps, plot_training_curves
+from hifusion.evaluate.plots import (
+    BAR_INCH,
+    DPI,
+    SINGLE_MAP_INCH,
+    SPOT_MAP_INCH,
+    faded,
+    plot_expression_map,
+    plot_marker_maps,
+    plot_spot_maps,
+    plot_training_curves,
+    unit_label,
+)
+
+
+def _size(cols: int, rows: int, panel: float = SPOT_MAP_INCH) -> tuple[int, int]:
+    """Pixel size of a map grid: `cols` sources (measured + models) x `rows` genes, plus the colour bar column."""
+    return int(round((panel * cols + BAR_INCH) * DPI)), int(round(panel * rows * DPI))
 
 
 def _slide(n: int = 30) -> tuple[np.ndarray, np.ndarray, float]:
@@ -46,7 +62,7 @@ def test_marker_maps(tmp_path: Path) -> None:
         spot_diameter_px=100.0,
     )
     img = _open(out)
-    assert img.size == (int((3.0 * 3 + 0.8) * 100), 3 * 300)  # 3 columns, 3 marker rows present
+    assert img.size == _size(3, 3)  # measured + 2 models, 3 marker rows present
     assert not list(tmp_path.glob(".*.tmp"))
 
 
@@ -64,7 +80,7 @@ def test_marker_maps_no_thumbnail_and_no_markers(tmp_path: Path) -> None:
         ["ERBB2"],
         spot_diameter_px=50.0,
     )
-    assert _open(out).size == (int((3.0 * 2 + 0.8) * 100), 4 * 300)  # falls back to the 4 most variable genes
+    assert _open(out).size == _size(2, 4)  # falls back to the 4 most variable genes
     with pytest.raises(ValueError, match="shape"):
         plot_marker_maps(
             tmp_path / "x.png",
@@ -95,9 +111,9 @@ def test_training_curves(tmp_path: Path) -> None:
 def test_expression_map(tmp_path: Path) -> None:
     thumb, coords, scalef = _slide()
     out = plot_expression_map(tmp_path / "g.png", thumb, scalef, coords, np.arange(30.0), "ERBB2 (predicted)", 100.0)
-    assert _open(out).size == (680, 600)
+    assert _open(out).size == _size(1, 1, SINGLE_MAP_INCH)
     flat = plot_expression_map(tmp_path / "f.png", None, scalef, coords, np.ones(30), "flat", 100.0)
-    assert _open(flat).size == (680, 600)
+    assert _open(flat).size == _size(1, 1, SINGLE_MAP_INCH)
 
 
 def test_marker_maps_accepts_swapped_gene_arguments(tmp_path: Path) -> None:
@@ -107,4 +123,37 @@ def test_marker_maps_accepts_swapped_gene_arguments(tmp_path: Path) -> None:
     out = plot_marker_maps(
         tmp_path / "s.png", None, scalef, coords, truth, {"a": truth}, ["ERBB2", "CD74", "KRT19", "FASN"], panel, 50.0
     )
-    assert _open(out).size == (int((3.0 * 2 + 0.8) * 100), 2 * 300)
+    assert _open(out).size == _size(2, 2)
+
+
+def test_spot_maps_shared_scale_units_and_faded_background(tmp_path: Path) -> None:
+    """One colour scale per gene over truth and models; discs at the spot diameter; the H&E only as grey backdrop."""
+    from matplotlib.collections import EllipseCollection
+    from matplotlib.figure import Figure
+
+    thumb, coords, scalef = _slide(20)
+    truth = np.linspace(0, 1, 20)[:, None]
+    pred = 3 * truth + 5  # a model far off the truth's scale is still drawn on the shared scale
+    drawn: list = []
+    orig = Figure.savefig
+
+    def spy(self, *a, **k):  # look at the figure as drawn, before it is written
+        drawn.extend(c for ax in self.axes for c in ax.collections if isinstance(c, EllipseCollection))
+        drawn.append([ax.get_ylabel() for ax in self.axes])
+        return orig(self, *a, **k)
+
+    Figure.savefig = spy
+    try:
+        plot_spot_maps(tmp_path / "s.png", thumb, scalef, coords, {"measured": truth, "m": pred}, ["ERBB2"], 55.0,
+                       label="log1p_cpm")
+    finally:
+        Figure.savefig = orig
+    discs, labels = drawn[:-1], drawn[-1]
+    assert len(discs) == 2 and discs[0].norm.vmin == discs[1].norm.vmin and discs[0].norm.vmax == discs[1].norm.vmax
+    lo, hi = np.percentile(np.r_[truth.ravel(), pred.ravel()], [2, 98])
+    assert discs[0].norm.vmin == pytest.approx(lo) and discs[0].norm.vmax == pytest.approx(hi)
+    np.testing.assert_allclose(discs[0]._widths * 2, 55.0 * scalef)  # matplotlib keeps half-widths
+    assert any("log1p counts per 10k" in t for t in labels)
+    assert "log share" in unit_label("logprop") and unit_label("zscore") == "zscore"
+    f = faded(thumb)
+    assert (f[..., 0] == f[..., 1]).all() and f.min() >= 255 * 0.6 - 1  # grey, and pale

@@ -144,6 +144,26 @@ def test_level_patches_match_level0(pyramid_tiff: Path) -> None:
     assert diff < 6.0, diff  # resampling noise only; a one-pixel shift of the texture gives ~15
 
 
+def test_batch_block_read_is_bit_identical(pyramid_tiff: Path) -> None:
+    """A batch of neighbouring spots reads its bounding box once; its patches equal per-spot `extract_patch` reads."""
+    from hifusion.predict.slide import _Block, block_view
+
+    rng = np.random.default_rng(5)
+    groups = [rng.uniform(600, 1000, size=(12, 2)), rng.uniform(0, 150, size=(6, 2))]  # inside; over the corner
+    for level in (0, 1):
+        s = open_slide(pyramid_tiff, mpp=None, target_mpp=PIXEL_SIZE, level=level)
+        try:
+            stream = PatchStream(s, PIXEL_SIZE, SPOT_PX, REGION_PX, 16)
+            for coords in groups:
+                centres = stream.level_centres(coords)
+                assert isinstance(block_view(s.view, centres, REGION_PX, PIXEL_SIZE, s.level_mpp), _Block)
+                got = stream.make_batch(centres)["region"].numpy().transpose(0, 2, 3, 1)
+                want = np.stack([extract_patch(s.view, c, REGION_PX, PIXEL_SIZE, s.level_mpp)[0] for c in centres])
+                np.testing.assert_array_equal(got, want)
+        finally:
+            s.close()
+
+
 # ------------------------------------------------------------------------------------------------------- end to end
 def test_predict_pyramid_end_to_end(tmp_path: Path, checkpoint: Path, pyramid_tiff: Path, slide_data) -> None:
     out = predict_slide(checkpoint, pyramid_tiff, tmp_path / "pred", progress=False, device="cpu")
@@ -320,3 +340,17 @@ def test_predict_test_time_options_use_the_slide_images_only(tmp_path: Path, pla
     assert info["adabn"] and info["stain_normalise"] == "reinhard"
     with pytest.raises(ConfigError, match="calibrate"):
         predict_slide(ckpt, plain_png, tmp_path / "bad", mpp=1.0, spots=spots, progress=False, calibrate="shrink")
+
+
+def test_map_discs_leave_room_between_spots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Predict maps draw a virtual spot no wider than 80% of the spot spacing (the H&E shows between discs)."""
+    import hifusion.evaluate.plots as plots
+    from hifusion.predict import outputs
+
+    xy = np.array([[x * 100.0, y * 100.0] for x in range(4) for y in range(3)])
+    assert outputs._spacing(xy) == pytest.approx(100.0) and outputs._spacing(xy[:1]) == 0.0
+    drawn = {}
+    monkeypatch.setattr(plots, "plot_spot_maps", lambda *a, **k: drawn.setdefault("d", a[6]))
+    outputs.write_maps(tmp_path, ["g"], ["g"], np.zeros((12, 1)), xy, np.zeros((10, 10, 3), np.uint8), 0.01, 300.0,
+                       "logprop")
+    assert drawn["d"] == pytest.approx(80.0)

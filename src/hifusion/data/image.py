@@ -132,6 +132,36 @@ class PilImage(SlideImage):
         self._arr = None
 
 
+class ArrayImage(SlideImage):
+    """An image already in memory (e.g. scanpy's `uns['spatial'][lib]['images']['hires']`); `path` names its source.
+
+    Float images in [0, 1] (scanpy's convention) are scaled to uint8; grey images get three channels.
+    """
+
+    def __init__(self, path: Path | str, array: np.ndarray) -> None:
+        self.path = Path(path)
+        a = np.asarray(array)
+        if a.ndim == 2:
+            a = np.repeat(a[..., None], 3, axis=2)
+        if a.ndim != 3 or a.shape[2] < 3 or min(a.shape[:2]) < 1:
+            raise InputError(f"image array has shape {a.shape}, expected (height, width, 3)", self.path)
+        a = a[..., :3]
+        if a.dtype != np.uint8:
+            a = a.astype(np.float64)
+            a = np.clip(np.rint(a * 255.0 if np.nanmax(a) <= 1.0 else a), 0, 255).astype(np.uint8)
+        self._arr = np.ascontiguousarray(a)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return int(self._arr.shape[1]), int(self._arr.shape[0])
+
+    def _read(self, x0: int, y0: int, w: int, h: int) -> np.ndarray:
+        return self._arr[y0 : y0 + h, x0 : x0 + w]
+
+    def thumbnail(self, max_side: int) -> np.ndarray:
+        return _fit(Image.fromarray(self._arr), max_side)
+
+
 def _tiff_mpp(tif: object) -> float | None:
     """um/px from an Aperio-style `MPP = ` description or a centimetre resolution tag; None when absent."""
     page = tif.pages[0]  # type: ignore[attr-defined]

@@ -3,12 +3,17 @@
 Per section it writes `<section>.patches.h5` then `<section>.h5ad`, each through a temporary file renamed on success;
 the h5ad is written last and removed first when a section is redone, so a section counts as done (both files present)
 only if both were written completely. `cache.json` records the scale; reusing a folder with another scale is an error.
+
+Every spot patch is checked for tissue (`spot_tissue_fraction`): a section most of whose spots sit on background
+(blank, black or white glass: the wrong image, or coordinates in another frame) stops with an error naming the image,
+unless `allow_background`. Per spot, obs holds the tissue fraction and an `on_tissue` flag.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 import warnings
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -42,14 +47,18 @@ from hifusion.constants import (
     H5AD_SUFFIX,
     HIRES_MAX_SIDE,
     LOW_COUNTS_THRESHOLD,
+    MAX_BACKGROUND_SHARE,
+    MIN_SPOT_TISSUE_FRACTION,
     OBS_ARRAY_X,
     OBS_ARRAY_Y,
     OBS_AT_BORDER,
     OBS_LOW_COUNTS,
     OBS_NEW_X,
     OBS_NEW_Y,
+    OBS_ON_TISSUE,
     OBS_PATIENT,
     OBS_SECTION,
+    OBS_TISSUE_FRACTION,
     OBS_TOTAL_COUNTS,
     OBSM_SPATIAL,
     PATCHES_SUFFIX,
@@ -58,14 +67,15 @@ from hifusion.constants import (
     UNS_HIRES_SCALEF,
     UNS_SPATIAL,
     UNS_SPOT_DIAMETER,
+    UPSAMPLE_WARN_FACTOR,
     VAR_GENE_IDS,
 )
-from hifusion.data.image import open_image
 from hifusion.data.patches import iter_patches, region_top_left, spot_from_region
 from hifusion.data.readers import list_sections, read_section
 from hifusion.data.section import Section
 from hifusion.errors import ConfigError, InputError
 from hifusion.io import atomic_path, atomic_write_text, make_dir
+from hifusion.progress import format_seconds, say, stderr_console, use_bars
 
 CACHE_VERSION = 1
 COMPRESSIONS = (None, "lzf")  # never gzip: decoding it would dominate data loading during training
@@ -175,7 +185,41 @@ def ensure_manifest(out: Path, params: CacheParams, fmt: str, overwrite: bool) -
     atomic_write_text(out / CACHE_MANIFEST, json.dumps(new, indent=2, sort_keys=True) + "\n")
 
 
-def _obs(section: Section, at_border: np.ndarray, total: np.ndarray) -> pd.DataFrame:
+TISSUE_MIN_SATURATION = 0.08  # as predict.tissue.MIN_SCORE: stained tissue is coloured, glass is grey
+TISSUE_MAX_GREY_VALUE = 0.75  # unstained but darker than glass (grey scans, dense tissue) still counts
+TISSUE_BLACK_VALUE = 0.2  # as predict.tissue.BLACK_VALUE: black masks, blank (all-black) images
+
+
+def spot_tissue_fraction(patch: np.ndarray) -> float:
+    """Share of a patch's pixels that look like tissue: not near-black and either coloured or darker than glass.
+
+    The rule of `predict.tissue` per pixel (HSV saturation and value), without its morphology: enough to tell a spot
+    on tissue from one on a blank, black or white image, which is what the check in `prepare` is for.
+    """
+    x = np.asarray(patch)[..., :3].astype(np.float32) / 255.0
+    val = x.max(axis=-1)
+    sat = np.where(val > 0, (val - x.min(axis=-1)) / np.maximum(val, 1e-6), 0.0)
+    tissue = (val >= TISSUE_BLACK_VALUE) & ((sat > TISSUE_MIN_SATURATION) | (val < TISSUE_MAX_GREY_VALUE))
+    return float(tissue.mean()) if tissue.size else 0.0
+
+
+def image_label(section: Section) -> str:
+    """How errors name the image a section is cut from (a file, or an array inside an AnnData file)."""
+    return str(section.meta.get("image_desc") or section.image_path)
+
+
+def scale_report(section: Section, pixel_size: float) -> tuple[str, float]:
+    """A line saying which image a section is cut from, at what um/px, and how much patches are enlarged from it."""
+    factor = section.mpp / pixel_size
+    kind = section.meta.get("image_kind", "")
+    scalef = section.meta.get("coord_scale", 1.0)
+    src = f"{Path(image_label(section)).name}" + (f" ({kind}, scale factor {scalef:.4g})" if scalef != 1.0 else "")
+    how = f"upsampled {factor:.1f}x" if factor > 1.0 + 1e-6 else f"downsampled {1 / factor:.1f}x"
+    return (f"prepare {section.section_id}: image {src}: {section.mpp:.3g} um/px; patches at {pixel_size:.3g} um/px "
+            f"are {how}"), factor
+
+
+def _obs(section: Section, at_border: np.ndarray, total: np.ndarray, tissue: np.ndarray) -> pd.DataFrame:
     n = section.n_spots
     array_xy = section.array_xy if section.array_xy is not None else np.full((n, 2), -1, dtype=np.int64)
     new_xy = section.new_xy if section.new_xy is not None else np.full((n, 2), np.nan)
@@ -190,6 +234,8 @@ def _obs(section: Section, at_border: np.ndarray, total: np.ndarray) -> pd.DataF
             OBS_AT_BORDER: at_border.astype(bool),
             OBS_TOTAL_COUNTS: total.astype(np.float64),
             OBS_LOW_COUNTS: total < LOW_COUNTS_THRESHOLD,
+            OBS_TISSUE_FRACTION: tissue.astype(np.float32),
+            OBS_ON_TISSUE: tissue >= MIN_SPOT_TISSUE_FRACTION,
         },
         index=pd.Index(section.barcodes, name=None),
     )
@@ -201,19 +247,33 @@ def _obs(section: Section, at_border: np.ndarray, total: np.ndarray) -> pd.DataF
 
 
 def _write_patches(
-    path: Path, section: Section, image: Any, params: CacheParams, compression: str | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Write the region patches (one chunk per patch) and return (coords, at_border)."""
+    path: Path, section: Section, image: Any, params: CacheParams, compression: str | None,
+    allow_background: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Write the region patches (one chunk per patch) and return (coords, at_border, tissue fraction per spot).
+
+    A section whose spots are mostly background raises before the file is renamed into place, so none is left.
+    """
     n, r = section.n_spots, params.region_px
     coords = np.array(
         [region_top_left(c, r, params.pixel_size, section.mpp) for c in section.centers_px], dtype=np.int64
     ).reshape(n, 2)
     border = np.zeros(n, dtype=bool)
+    tissue = np.zeros(n, dtype=np.float32)
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         img = f.create_dataset(H5_IMG, shape=(n, r, r, 3), dtype=np.uint8, chunks=(1, r, r, 3), compression=compression)
         for i, (patch, b) in enumerate(iter_patches(image, section.centers_px, r, params.pixel_size, section.mpp)):
             img[i] = patch
             border[i] = b
+            tissue[i] = spot_tissue_fraction(spot_from_region(patch, params.spot_px))
+        background = int((tissue < MIN_SPOT_TISSUE_FRACTION).sum())
+        if background > MAX_BACKGROUND_SHARE * n and not allow_background:
+            raise InputError(
+                f"no tissue under the spots of section {section.section_id}: {background} of {n} spot patches are "
+                f"background (blank, black or white); pass the image with tissue (--image "
+                f"{section.section_id}=PATH), check the spot coordinates, or --allow-background to keep them",
+                image_label(section),
+            )
         f.create_dataset(H5_COORDS, data=coords)
         f.create_dataset(H5_BARCODE, data=np.asarray(section.barcodes).astype("S"))
         attrs = {
@@ -227,7 +287,7 @@ def _write_patches(
             H5_ATTR_PAD_COLOUR: np.asarray(image.pad_colour, dtype=np.uint8),
         }
         f.attrs.update(attrs)
-    return coords, border
+    return coords, border, tissue
 
 
 def prepare_section(
@@ -239,10 +299,12 @@ def prepare_section(
     region_factor: float = DEFAULT_REGION_FACTOR,
     compression: str | None = None,
     overwrite: bool = False,
+    allow_background: bool = False,
 ) -> Path:
     """Write one section's patch file and h5ad into `out` (skipped when both exist, unless overwrite); returns the h5ad.
 
-    Does not touch cache.json; `prepare_sections` checks and writes it.
+    Does not touch cache.json; `prepare_sections` checks and writes it. Mostly-background spots are an InputError
+    naming the image unless `allow_background`.
     """
     if compression not in COMPRESSIONS:
         raise ConfigError(f"patch compression must be one of {COMPRESSIONS}, got {compression!r}")
@@ -252,14 +314,15 @@ def prepare_section(
     if is_done(out, section.section_id) and not overwrite:
         return h5ad_path
     h5ad_path.unlink(missing_ok=True)  # from here on the section does not look done until the h5ad is back
-    with open_image(section.image_path) as image:
+    with section.open_image() as image:
         section.check_on_image(image.size)
-        _, border = _write_patches(patch_path, section, image, params, compression)
+        _, border, tissue = _write_patches(patch_path, section, image, params, compression, allow_background)
         thumb = image.thumbnail(HIRES_MAX_SIDE)
         w_full = image.size[0]
         pad = [int(v) for v in image.pad_colour]
     total = np.asarray(section.counts.sum(axis=1)).ravel()
-    adata = ad.AnnData(X=sp.csr_matrix(section.counts, dtype=np.float32), obs=_obs(section, border, total))
+    obs = _obs(section, border, total, tissue)
+    adata = ad.AnnData(X=sp.csr_matrix(section.counts, dtype=np.float32), obs=obs)
     adata.var_names = pd.Index(section.genes)
     ids = section.gene_ids if section.gene_ids is not None else section.genes
     adata.var[VAR_GENE_IDS] = np.asarray(ids).astype(str)
@@ -276,6 +339,10 @@ def prepare_section(
     info: dict[str, Any] = {
         "mpp": section.mpp,
         "image_path": str(section.image_path),
+        "image": image_label(section),
+        "image_kind": section.meta.get("image_kind"),
+        "upsampling": section.mpp / params.pixel_size,
+        "tissue_fraction": float(obs[OBS_ON_TISSUE].mean()),  # share of spots whose patch is on tissue
         "format": section.source_format,
         "coord_scale": section.meta.get("coord_scale", 1.0),
         "mpp_source": section.meta.get("mpp_source", ""),
@@ -294,9 +361,11 @@ def prepare_section(
 
 
 def _prepare_one(
-    fmt: str, root: str, section: str, out: str, params: CacheParams, opts: dict[str, Any], compression: str | None
-) -> str:
-    """Worker body (top level so a process pool can pickle it)."""
+    fmt: str, root: str, section: str, out: str, params: CacheParams, opts: dict[str, Any], compression: str | None,
+    allow_background: bool = False,
+) -> tuple[str, str]:
+    """Worker body (top level so a process pool can pickle it); returns (h5ad path, one-line summary)."""
+    t0 = time.perf_counter()
     sec = read_section(fmt, root, section, check_image=False, **opts)
     path = prepare_section(
         sec,
@@ -306,8 +375,13 @@ def _prepare_one(
         region_factor=params.region_factor,
         compression=compression,
         overwrite=True,
+        allow_background=allow_background,
     )
-    return str(path)
+    with h5py.File(path, "r") as f:  # the obs flag, without loading the whole AnnData again
+        on = f[f"obs/{OBS_ON_TISSUE}"][:]
+    summary = (f"{section}: {sec.n_spots} spots, {float(np.mean(on)):.0%} on tissue, "
+               f"{format_seconds(time.perf_counter() - t0)}")
+    return str(path), summary
 
 
 def prepare_sections(
@@ -328,11 +402,14 @@ def prepare_sections(
     progress: bool = True,
     workers: int = 1,
     shard: str | None = None,
+    allow_background: bool = False,
 ) -> list[Path]:
     """Prepare `sections` (None = every section found) of `root` into the cache folder `out`; returns their h5ad paths.
 
     `mpp`, `coord_scale` and `images` are per-section overrides; sections already done are skipped unless `overwrite`.
     `workers > 1` prepares sections in parallel processes; `shard="i/n"` takes every n-th section from the i-th.
+    With `progress`, each section's image, um/px and resampling factor and, once done, its share of spots on tissue
+    are reported on stderr. Patches enlarged more than 4x from the image draw a warning (they hold little detail).
     """
     if compression not in COMPRESSIONS:
         raise ConfigError(f"patch compression must be one of {COMPRESSIONS}, got {compression!r}")
@@ -357,42 +434,63 @@ def prepare_sections(
         return o
 
     for s in todo:  # fail fast on input problems before hours of patch cutting
-        read_section(fmt, root, s, **opts(s))
+        sec = read_section(fmt, root, s, **opts(s))
+        line, factor = scale_report(sec, params.pixel_size)
+        if progress:
+            say(line)
+        if factor > UPSAMPLE_WARN_FACTOR:
+            warnings.warn(
+                f"{image_label(sec)}: patches of section {s} are upsampled {factor:.1f}x from the image "
+                f"({sec.mpp:.3g} um/px to {params.pixel_size:.3g} um/px), so they hold little detail; pass a "
+                f"higher-resolution image (--image {s}=PATH) if there is one",
+                stacklevel=2,
+            )
     with _progress(progress, len(todo)) as advance:
         if workers > 1 and len(todo) > 1:
             with ProcessPoolExecutor(min(workers, len(todo)), mp_context=get_context("spawn")) as pool:
                 futures = [
-                    pool.submit(_prepare_one, fmt, str(root), s, str(out), params, opts(s), compression) for s in todo
+                    pool.submit(_prepare_one, fmt, str(root), s, str(out), params, opts(s), compression,
+                                allow_background)
+                    for s in todo
                 ]
                 for fut in as_completed(futures):
-                    advance(Path(fut.result()).name)
+                    advance(*fut.result())
         else:
             for s in todo:
-                advance(Path(_prepare_one(fmt, str(root), s, str(out), params, opts(s), compression)).name)
+                advance(*_prepare_one(fmt, str(root), s, str(out), params, opts(s), compression, allow_background))
     return [section_paths(out, s)[0] for s in names]
 
 
 class _progress:
-    """A rich progress bar over sections (a no-op when disabled)."""
+    """Sections done: a rich bar on a terminal, else one plain line per section (nothing when disabled)."""
 
     def __init__(self, enabled: bool, total: int) -> None:
-        self.enabled, self.total, self._bar = enabled and total > 0, total, None
+        self.enabled, self.total, self._bar, self.done = enabled and total > 0, total, None, 0
 
     def __enter__(self) -> Any:
-        if self.enabled:
+        if self.enabled and use_bars():
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self._bar = Progress(
-                TextColumn("prepare {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
+                TextColumn("prepare {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                console=stderr_console(),
             )
             self._bar.start()
             task = self._bar.add_task("sections", total=self.total)
 
-            def advance(name: str) -> None:
-                self._bar.update(task, advance=1, description=name)  # type: ignore[union-attr]
+            def advance(path: str, summary: str) -> None:
+                self._bar.console.print(f"prepare {summary}")  # type: ignore[union-attr]
+                self._bar.update(task, advance=1, description=Path(path).name)  # type: ignore[union-attr]
 
             return advance
-        return lambda name: None
+        if self.enabled:
+
+            def line(path: str, summary: str) -> None:
+                self.done += 1
+                say(f"prepare [{self.done}/{self.total}] {summary}")
+
+            return line
+        return lambda path, summary: None
 
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:

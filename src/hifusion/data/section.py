@@ -62,6 +62,15 @@ class Section:
     meta: dict[str, Any] = field(default_factory=dict)
     files: dict[str, Path] = field(default_factory=dict)
     annotations: pd.DataFrame | None = None  # extra per-spot columns (e.g. tumour labels), same order as barcodes
+    image_array: np.ndarray | None = field(default=None, repr=False)  # an in-memory image (AnnData uns); else a file
+
+    def open_image(self) -> Any:
+        """The image spots are cut from: the in-memory array when there is one, else the file at `image_path`."""
+        from hifusion.data.image import ArrayImage, open_image
+
+        if self.image_array is not None:
+            return ArrayImage(self.image_path, self.image_array)
+        return open_image(self.image_path)
 
     def __post_init__(self) -> None:
         self.validate()

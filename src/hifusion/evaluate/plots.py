@@ -1,5 +1,8 @@
 """Figures of the report: marker-gene maps on the H&E thumbnail, training curves, single-gene expression maps.
 
+Maps (report and `predict`) share one layout, `plot_spot_maps`: discs at the spot's real diameter over a faded
+grey H&E, one colour scale per gene for truth and every model, colour bars that say the unit in words.
+
 Figures are drawn on a ``matplotlib.figure.Figure`` with an Agg canvas created inside each function: no pyplot, no
 global backend switch, so importing hifusion never touches a user's interactive matplotlib session, and plotting
 works headless. matplotlib itself is imported lazily. PNGs are written atomically.
@@ -41,8 +44,26 @@ def _save(fig: Any, out_png: str | os.PathLike[str]) -> Path:
     return path
 
 
+SPOT_MAP_INCH = 3.6  # one map panel; spots are drawn at their true diameter, so panels must not be tiny
+SINGLE_MAP_INCH = 6.0  # a map shown alone (predict: one PNG per gene) gets a larger panel
+BAR_INCH = 1.2  # room for a row's colour bar and its two-line label
+FADE = 0.6  # H&E under the spots: grey, blended this far toward white, so colours read against it
+LIMIT_PERCENTILES = (2.0, 98.0)  # shared colour range of a gene: truth and every model's predictions together
+LABEL_UNITS = {  # colour bar text per label transform, in words first
+    "logprop": "log share of the spot's panel counts\nln((c+1) / sum over panel of (c+1))",
+    "log1p_cpm": "log1p counts per 10k\nln(1 + c / total x 10,000)",
+}
+
+
+def unit_label(label: str | None) -> str:
+    """What a value of the label transform means, for a colour bar (the transform's name if unknown)."""
+    if not label:
+        return "expression"
+    return LABEL_UNITS.get(str(label), str(label))
+
+
 def _spots(ax: Any, xy: np.ndarray, values: np.ndarray, diameter: float, norm: Any, cmap: str) -> Any:
-    """Draw spots as circles of their true size in thumbnail pixels (scatter sizes are in points, not data units)."""
+    """Draw spots as discs of their true size in thumbnail pixels (scatter sizes are in points, not data units)."""
     from matplotlib.collections import EllipseCollection
 
     d = np.full(len(xy), diameter, dtype=np.float64)
@@ -62,10 +83,18 @@ def _spots(ax: Any, xy: np.ndarray, values: np.ndarray, diameter: float, norm: A
     return coll
 
 
+def faded(thumbnail: np.ndarray) -> np.ndarray:
+    """The H&E as a pale grey backdrop: structure stays visible, but no stain colour competes with the colour scale."""
+    img = np.asarray(thumbnail)[..., :3].astype(np.float32)
+    grey = img @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    out = 255.0 - (1.0 - FADE) * (255.0 - grey)
+    return np.repeat(out[..., None], 3, axis=2).clip(0, 255).astype(np.uint8)
+
+
 def _background(ax: Any, thumbnail: np.ndarray | None, xy: np.ndarray, diameter: float) -> None:
-    """Show the thumbnail (if any) and zoom to the spots, with image orientation (y down)."""
+    """Show the faded thumbnail (if any) and zoom to the spots, with image orientation (y down)."""
     if thumbnail is not None:
-        ax.imshow(np.asarray(thumbnail), interpolation="antialiased")
+        ax.imshow(faded(thumbnail), interpolation="antialiased")
     pad = diameter
     if len(xy):
         x0, y0 = xy.min(axis=0) - pad
@@ -78,6 +107,8 @@ def _background(ax: Any, thumbnail: np.ndarray | None, xy: np.ndarray, diameter:
     ax.set_aspect("equal")
     ax.set_xticks([])
     ax.set_yticks([])
+    for side in ax.spines.values():
+        side.set_visible(False)
 
 
 def _display_xy(coords_px: np.ndarray, scalef: float) -> np.ndarray:
@@ -88,17 +119,71 @@ def _display_xy(coords_px: np.ndarray, scalef: float) -> np.ndarray:
 
 
 def _limits(values: Sequence[np.ndarray]) -> tuple[float, float]:
-    """Shared colour range of a row: 1st-99th percentile of all values, so one outlier spot does not wash it out."""
+    """Shared colour range of a gene: 2nd-98th percentile of all values (truth and models), so one outlier spot
+    does not wash the map out and a model is seen on the same scale as the measurement."""
     v = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in values])
     v = v[np.isfinite(v)]
     if not v.size:
         return 0.0, 1.0
-    lo, hi = np.percentile(v, [1, 99])
+    lo, hi = np.percentile(v, LIMIT_PERCENTILES)
     if hi <= lo:
         lo, hi = float(v.min()), float(v.max())
     if hi <= lo:
         lo, hi = lo - 0.5, hi + 0.5
     return float(lo), float(hi)
+
+
+def plot_spot_maps(
+    out_png: str | os.PathLike[str],
+    thumbnail: np.ndarray | None,
+    scalef: float,
+    coords_px: np.ndarray,
+    columns: Mapping[str, np.ndarray],
+    genes: Sequence[str],
+    spot_diameter_px: float,
+    *,
+    label: str | None = None,
+    titles: Mapping[str, Sequence[str]] | None = None,
+    panel_inch: float = SPOT_MAP_INCH,
+) -> Path:
+    """The one map layout of the package (benchmark report and `predict`): a row per gene, a column per source.
+
+    `columns` maps a source name ("measured", a model) to its (N, len(genes)) values, in display order; measured
+    values go first so each model sits beside the truth. Spots are discs of their real diameter (`spot_diameter_px`,
+    full-resolution pixels) over the faded H&E; each row has one colour scale shared by all sources (2nd-98th
+    percentile of all of them) and a colour bar naming the gene and the unit of `label` in words. `titles` gives a
+    per-gene panel title for a source (e.g. its PCC); the default is the source's name.
+    """
+    from matplotlib.colors import Normalize
+
+    xy = _display_xy(coords_px, scalef)
+    names = list(columns)
+    if not names or not len(genes):
+        raise ValueError("nothing to plot: no sources or no genes")
+    mats = {m: np.asarray(columns[m], dtype=np.float64).reshape(len(xy), -1) for m in names}
+    for m, v in mats.items():
+        if v.shape != (len(xy), len(genes)):
+            raise ValueError(f"values of {m!r} have shape {v.shape}, expected ({len(xy)}, {len(genes)})")
+    diameter = float(spot_diameter_px) * float(scalef)
+    fig = _figure(panel_inch * len(names) + BAR_INCH, panel_inch * len(genes))
+    axes = fig.subplots(len(genes), len(names), squeeze=False)
+    unit = unit_label(label)
+    for i, g in enumerate(genes):
+        norm = Normalize(*_limits([mats[m][:, i] for m in names]))
+        coll = None
+        for j, m in enumerate(names):
+            ax = axes[i, j]
+            _background(ax, thumbnail, xy, diameter)
+            coll = _spots(ax, xy, mats[m][:, i], diameter, norm, CMAP)
+            sub = titles[m][i] if titles and m in titles else ""
+            ax.set_title((f"{g}: {m}" if g else m) + (f"\n{sub}" if sub else ""), fontsize=10)
+        bar = fig.colorbar(coll, ax=list(axes[i, :]), shrink=0.85, fraction=0.04, pad=0.01)
+        bar.set_label(f"{g}, {unit}" if g else unit, fontsize=8)
+        bar.ax.tick_params(labelsize=8)
+    if len(names) > 1:
+        fig.suptitle("discs: spots at their real diameter over the H&E (grey); colours: one scale per gene, shared by "
+                     "all panels of its row (2nd-98th percentile)", fontsize=9)
+    return _save(fig, out_png)
 
 
 def plot_marker_maps(
@@ -111,14 +196,15 @@ def plot_marker_maps(
     genes: Sequence[str],
     panel: Sequence[str],
     spot_diameter_px: float,
+    *,
+    label: str | None = None,
 ) -> Path:
-    """Grid of maps: rows = genes of `panel` present in `genes`, columns = ground truth then each model.
+    """The report's maps (`plot_spot_maps`): rows = genes of `panel` present in `genes`, measured then each model.
 
     `genes` names the columns of `truth` and of each prediction; `panel` lists the genes to show (usually
     MARKER_GENES). Passed the other way round, they are swapped when the lengths make the intent unambiguous.
-
-    Each row shares one colour scale (and colorbar) so models are compared on the truth's scale. When no panel gene
-    is present, the `FALLBACK_GENES` genes most variable in the truth are shown instead (a figure beats no figure).
+    `label` is the label transform (its unit goes on the colour bars). When no panel gene is present, the
+    `FALLBACK_GENES` genes most variable in the truth are shown instead (a figure beats no figure).
     """
     xy = _display_xy(coords_px, scalef)
     t = np.asarray(truth, dtype=np.float64)
@@ -136,33 +222,17 @@ def plot_marker_maps(
         rows = list(np.lexsort((np.arange(var.size), -var))[:FALLBACK_GENES])
     if not rows:
         raise ValueError("no genes to plot")
-    from matplotlib.colors import Normalize
-
-    models = list(preds)
     stats = {m: pcc_columns(np.asarray(p, dtype=np.float64), t) for m, p in preds.items()} if len(t) else {}
-    diameter = float(spot_diameter_px) * float(scalef)
-    ncol = 1 + len(models)
-    fig = _figure(PANEL_INCH * ncol + 0.8, PANEL_INCH * len(rows))
-    axes = fig.subplots(len(rows), ncol, squeeze=False)
-    for i, g in enumerate(rows):
-        cols = [t[:, g]] + [np.asarray(preds[m], dtype=np.float64)[:, g] for m in models]
-        norm = Normalize(*_limits(cols))
-        coll = None
-        for j, values in enumerate(cols):
-            ax = axes[i, j]
-            _background(ax, thumbnail, xy, diameter)
-            coll = _spots(ax, xy, values, diameter, norm, CMAP)
-            if j == 0:
-                ax.set_title(f"ground truth\n{gene_list[g]}", fontsize=9)
-                ax.set_ylabel(gene_list[g])
-            else:
-                m = models[j - 1]
-                r, const = stats[m] if m in stats else (np.zeros(t.shape[1]), np.ones(t.shape[1], bool))
-                mae = float(np.abs(values - t[:, g]).mean()) if len(t) else float("nan")
-                pcc = "n/a" if const[g] else f"{r[g]:.2f}"
-                ax.set_title(f"{m}\nPCC={pcc} MAE={mae:.2f}", fontsize=9)
-        fig.colorbar(coll, ax=list(axes[i, :]), shrink=0.8, label=gene_list[g])
-    return _save(fig, out_png)
+    titles: dict[str, list[str]] = {"measured": [""] * len(rows)}
+    for m, p in preds.items():
+        titles[m] = []
+        for g in rows:
+            r, const = stats[m] if m in stats else (np.zeros(t.shape[1]), np.ones(t.shape[1], bool))
+            mae = float(np.abs(np.asarray(p, dtype=np.float64)[:, g] - t[:, g]).mean()) if len(t) else float("nan")
+            titles[m].append(f"PCC {'n/a' if const[g] else f'{r[g]:.2f}'}, MAE {mae:.2f}")
+    columns = {"measured": t[:, rows], **{m: np.asarray(p, dtype=np.float64)[:, rows] for m, p in preds.items()}}
+    return plot_spot_maps(out_png, thumbnail, scalef, coords_px, columns, [gene_list[g] for g in rows],
+                          spot_diameter_px, label=label, titles=titles)
 
 
 def plot_training_curves(out_png: str | os.PathLike[str], curves: Mapping[str, pd.DataFrame]) -> Path:
@@ -214,27 +284,15 @@ def plot_expression_map(
     title: str,
     spot_diameter_px: float,
     *,
-    vmin: float | None = None,
-    vmax: float | None = None,
-    cmap: str = CMAP,
+    label: str | None = None,
+    gene: str | None = None,
 ) -> Path:
-    """One gene's values (measured or predicted) over the slide; whole-slide prediction uses it per gene."""
-    from matplotlib.colors import Normalize
-
-    xy = _display_xy(coords_px, scalef)
+    """One gene's values (measured or predicted) over the slide, in the layout of `plot_spot_maps` (one panel)."""
     v = np.asarray(values, dtype=np.float64).ravel()
-    if v.shape[0] != len(xy):
-        raise ValueError(f"{v.shape[0]} values for {len(xy)} spots")
-    lo, hi = _limits([v])
-    norm = Normalize(lo if vmin is None else vmin, hi if vmax is None else vmax)
-    fig = _figure(PANEL_INCH * 2 + 0.8, PANEL_INCH * 2)
-    ax = fig.subplots()
-    diameter = float(spot_diameter_px) * float(scalef)
-    _background(ax, thumbnail, xy, diameter)
-    coll = _spots(ax, xy, v, diameter, norm, cmap)
-    ax.set_title(title, fontsize=10)
-    fig.colorbar(coll, ax=ax, shrink=0.8)
-    return _save(fig, out_png)
+    if v.shape[0] != len(_display_xy(coords_px, scalef)):
+        raise ValueError(f"{v.shape[0]} values for {len(coords_px)} spots")
+    return plot_spot_maps(out_png, thumbnail, scalef, coords_px, {title: v[:, None]}, [gene or ""], spot_diameter_px,
+                          label=label, panel_inch=SINGLE_MAP_INCH)
 
 
 def plot_ablation_lines(

@@ -62,8 +62,8 @@ def ensure_cache(data_cfg: DataConfig, *, progress: bool = True) -> Path:
     prepare_sections(
         p.format, root, p.sections, cache,
         spot_um=p.spot_um, spot_px=p.spot_px, region_factor=p.region_factor,
-        mpp=p.mpp or None, coord_scale=p.coord_scale or None,
-        compression=None if p.compression == "none" else p.compression,
+        mpp=p.mpp or None, coord_scale=p.coord_scale or None, images=p.image or None,
+        allow_background=p.allow_background, compression=None if p.compression == "none" else p.compression,
         overwrite=False, progress=progress,
     )
     return cache
@@ -310,7 +310,7 @@ def _figures(out: Path, map_inputs: list[tuple[Any, str, dict[str, np.ndarray]]]
             fig_dir / f"maps_{s}.png", thumb, float(sf.get(C.UNS_HIRES_SCALEF, 1.0)),
             np.asarray(src.obsm[C.OBSM_SPATIAL])[data.rows[s]], data.labels[s], preds,
             genes=data.panel, panel=list(C.MARKER_GENES),
-            spot_diameter_px=float(sf.get(C.UNS_SPOT_DIAMETER, 100.0)),
+            spot_diameter_px=float(sf.get(C.UNS_SPOT_DIAMETER, 100.0)), label=data.label,
         ))
     if curves:
         figs["curves"].append(plot_training_curves(fig_dir / "training_curves.png", curves))

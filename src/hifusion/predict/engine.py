@@ -106,9 +106,17 @@ def read_spots(path: str | Path, size: tuple[int, int]) -> tuple[np.ndarray, lis
 
 
 def _progress(batches: Iterable[dict[str, torch.Tensor]], n_spots: int, enabled: bool) -> Iterator[Any]:
-    """Count spots as batches go to the model (rich progress bar on stderr when enabled)."""
+    """Count spots as batches go to the model: a rich bar on a terminal, else plain lines (when enabled)."""
     if not enabled:
         yield from batches
+        return
+    from hifusion.progress import StepLines, use_bars
+
+    if not use_bars():  # log file or HIFUSION_PROGRESS=0: a plain line every 10% of the spots
+        steps = StepLines("predict", n_spots, "spots")
+        for b in batches:
+            yield b
+            steps.advance(len(b["spot"]))
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn

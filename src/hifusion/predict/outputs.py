@@ -22,6 +22,7 @@ PREDICTIONS_CSV = "predictions.csv"
 MAPS_DIR = "maps"
 INDEX_HTML = "index.html"
 DEFAULT_MAP_GENES = 6
+MAP_SPACING_FRACTION = 0.8  # predict maps: disc diameter at most this share of the distance between spots
 
 
 def map_genes(panel: Sequence[str], requested: Sequence[str] | None = None) -> list[str]:
@@ -93,17 +94,34 @@ def write_maps(
     spot_diameter_px: float,
     label: str,
 ) -> dict[str, Path]:
-    """One PNG per gene over the thumbnail (evaluate.plots.plot_expression_map); returns gene -> file."""
-    from hifusion.evaluate.plots import plot_expression_map
+    """One PNG per gene over the thumbnail, in the report's map layout (evaluate.plots.plot_spot_maps).
+
+    A virtual spot stands for its field of view (`spot_diameter_px`), but discs are drawn no wider than
+    `MAP_SPACING_FRACTION` of the spacing of neighbouring spots, so the H&E stays visible between them.
+    """
+    from hifusion.evaluate.plots import SINGLE_MAP_INCH, plot_spot_maps
 
     col = {g: i for i, g in enumerate(panel)}
+    spacing = _spacing(np.asarray(coords, dtype=np.float64))
+    if spacing > 0:
+        spot_diameter_px = min(float(spot_diameter_px), MAP_SPACING_FRACTION * spacing)
     out = {}
     for g in genes:
-        out[g] = plot_expression_map(
-            folder / f"{safe_name(g)}.png", thumbnail, scalef, coords, np.asarray(pred)[:, col[g]],
-            f"{g} (predicted, {label})", spot_diameter_px,
+        out[g] = plot_spot_maps(
+            folder / f"{safe_name(g)}.png", thumbnail, scalef, coords, {"predicted": np.asarray(pred)[:, [col[g]]]},
+            [g], spot_diameter_px, label=label, panel_inch=SINGLE_MAP_INCH,
         )
     return out
+
+
+def _spacing(coords: np.ndarray) -> float:
+    """Median distance from a spot to its nearest neighbour (0 for fewer than two spots)."""
+    if len(coords) < 2:
+        return 0.0
+    from scipy.spatial import cKDTree
+
+    d, _ = cKDTree(coords).query(coords, k=2)
+    return float(np.median(d[:, 1]))
 
 
 def write_index(path: Path, maps: Mapping[str, Path], info: Mapping[str, Any]) -> Path:

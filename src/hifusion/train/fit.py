@@ -292,6 +292,9 @@ def run_lightning(module: Any, datamodule: Any, cfg: TrainConfig, run_dir: Path,
         ModelCheckpoint(dirpath=ckpt_dir, filename=last.stem, monitor=None, save_top_k=1, enable_version_counter=False),
         _epoch_writer(run_dir / C.RUN_METRICS),
     ]
+    from hifusion.train.progress import EpochLines, use_bar  # a bar on a terminal, one line per epoch elsewhere
+
+    callbacks += [] if use_bar() else [EpochLines(getattr(module.model, "name", "") or type(module.model).__name__)]
     if has_val:
         callbacks.insert(0, ModelCheckpoint(dirpath=ckpt_dir, filename=best.stem, monitor="val_mse", save_top_k=1,
                                             enable_version_counter=False))
@@ -313,7 +316,7 @@ def run_lightning(module: Any, datamodule: Any, cfg: TrainConfig, run_dir: Path,
         enable_model_summary=False,
         log_every_n_steps=max(1, steps_per_epoch),
         default_root_dir=run_dir,
-        enable_progress_bar=_progress_enabled(),
+        enable_progress_bar=use_bar(),
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     chosen = best if has_val and best.exists() else last
@@ -380,10 +383,6 @@ def rows_predictor(module: Any, data: SplitData, batch_size: int) -> Callable[..
                             stain_src=data.stain_source(section), adabn=adabn, tta=tta)
 
     return predict
-
-
-def _progress_enabled() -> bool:
-    return os.environ.get("HIFUSION_PROGRESS", "1") != "0"
 
 
 @torch.no_grad()

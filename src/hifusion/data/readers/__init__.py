@@ -76,11 +76,9 @@ def read_section(
         **options,
     )
     if check_image:
-        from hifusion.data.image import open_image
-
-        if not sec.image_path.is_file():
+        if sec.image_array is None and not sec.image_path.is_file():
             raise InputError("image not found", sec.image_path)
-        with open_image(sec.image_path) as img:
+        with sec.open_image() as img:
             sec.check_on_image(img.size)
     return sec
 

@@ -3,7 +3,13 @@
 um/px comes, in order, from: the per-section override; the HEST metadata JSON (`pixel_size_um_estimated`, in
 `<stem>.json` beside the file or `metadata/<stem>.json` here or one folder up, or `metadata=`); Visium scale factors
 in `uns['spatial']` when the caller says the data is Visium (`visium=True`); the image file's own metadata (pyramidal
-slides). None of these is an InputError: we never guess a scale.
+slides). None of these is an InputError: we never guess a scale. Scale factors count as Visium when the caller says so
+or when they hold `fiducial_diameter_fullres`, which only Space Ranger writes (our own cache files do not).
+
+Image, in order: the one passed (`image=`, `--image SECTION=PATH`); `<stem>.<image suffix>` beside the file or in
+`wsis/`; the images scanpy/squidpy keep in `uns['spatial'][library]['images']` (`hires`, else `lowres`), with the
+matching `tissue_hires_scalef` / `tissue_lowres_scalef`, which multiply the full-resolution spot coordinates (also
+when the passed image is a `tissue_hires_image.png` or `tissue_lowres_image.png`).
 """
 
 from __future__ import annotations
@@ -16,8 +22,17 @@ import anndata as ad
 import numpy as np
 import scipy.sparse as sp
 
-from hifusion.constants import HEST_PIXEL_SIZE_KEY, OBSM_SPATIAL, UNS_SPATIAL, VISIUM_SPOT_DIAMETER_UM
+from hifusion.constants import (
+    HEST_PIXEL_SIZE_KEY,
+    OBSM_SPATIAL,
+    UNS_SPATIAL,
+    VISIUM_FIDUCIAL_DIAMETER,
+    VISIUM_HIRES_SCALEF,
+    VISIUM_LOWRES_SCALEF,
+    VISIUM_SPOT_DIAMETER_UM,
+)
 from hifusion.data.readers._common import IMAGE_SUFFIXES
+from hifusion.data.readers.visium import image_scale
 from hifusion.data.section import Section
 from hifusion.errors import InputError
 
@@ -61,12 +76,37 @@ def _hest_mpp(meta_path: Path) -> tuple[float, dict[str, Any]]:
         raise InputError(f"no usable {HEST_PIXEL_SIZE_KEY} ({exc})", meta_path) from exc
 
 
-def _scalefactors(adata: ad.AnnData) -> dict[str, Any] | None:
+def _library(adata: ad.AnnData) -> tuple[str, dict[str, Any]] | None:
+    """(library id, entry) of the first library in `uns['spatial']` (scanpy/squidpy convention), if any."""
     lib = adata.uns.get(UNS_SPATIAL)
     if isinstance(lib, dict) and lib:
-        first = next(iter(lib.values()))
-        if isinstance(first, dict) and isinstance(first.get("scalefactors"), dict):
-            return dict(first["scalefactors"])
+        name, first = next(iter(lib.items()))
+        if isinstance(first, dict):
+            return str(name), first
+    return None
+
+
+def _scalefactors(adata: ad.AnnData) -> dict[str, Any] | None:
+    lib = _library(adata)
+    if lib is not None and isinstance(lib[1].get("scalefactors"), dict):
+        return dict(lib[1]["scalefactors"])
+    return None
+
+
+def _uns_image(adata: ad.AnnData, sf: dict[str, Any] | None, path: Path) -> tuple[np.ndarray, float, str, str] | None:
+    """(image, scale factor, kind, description) of the hires, else lowres, image in `uns['spatial']`; None if none."""
+    lib = _library(adata)
+    images = lib[1].get("images") if lib is not None else None
+    if not isinstance(images, dict):
+        return None
+    for kind, key in (("hires", VISIUM_HIRES_SCALEF), ("lowres", VISIUM_LOWRES_SCALEF)):
+        if kind in images and images[kind] is not None:
+            try:
+                scalef = float((sf or {})[key])
+            except (KeyError, TypeError, ValueError):
+                raise InputError(f"uns['spatial']['{lib[0]}'] has a {kind} image but no usable scalefactors['{key}']",
+                                 path) from None
+            return np.asarray(images[kind]), scalef, kind, f"uns['spatial']['{lib[0]}']['images']['{kind}']"
     return None
 
 
@@ -91,17 +131,26 @@ def read(
         raise InputError(f"no obsm['{OBSM_SPATIAL}'] with spot centres in full-resolution pixels", path)
     counts = adata.layers.get("counts", adata.X)
     counts = sp.csr_matrix(counts) if sp.issparse(counts) else sp.csr_matrix(np.asarray(counts, dtype=np.float64))
-    scale = 1.0 if coord_scale is None else float(coord_scale)
-    centers = np.asarray(adata.obsm[OBSM_SPATIAL], dtype=np.float64)[:, :2] * scale
 
     meta_path = Path(metadata) if metadata else next(iter(_candidates(path, "metadata", (".json",))), None)
     hest = {}
     sf = _scalefactors(adata)
     image_path = Path(image) if image else next(iter(_candidates(path, "wsis", IMAGE_SUFFIXES)), None)
-    if image_path is None:
-        raise InputError("no image given and none found beside it (or in wsis/); pass the image path (--image)", path)
-    if not image_path.is_file():
-        raise InputError("image not found", image_path)
+    image_array, image_desc, image_kind = None, None, "full-resolution"
+    if image_path is not None:
+        if not image_path.is_file():
+            raise InputError("image not found", image_path)
+        image_scalef, image_kind = image_scale(image_path.name, sf or {}, path)
+    else:
+        held = _uns_image(adata, sf, path)
+        if held is None:
+            raise InputError("no image given, none found beside it (or in wsis/) and none in uns['spatial']; "
+                             "pass the image path (--image SECTION=PATH)", path)
+        image_array, image_scalef, image_kind, image_desc = held
+        image_path = path
+    scale = image_scalef if coord_scale is None else float(coord_scale)  # a user's coordinate scale wins
+    centers = np.asarray(adata.obsm[OBSM_SPATIAL], dtype=np.float64)[:, :2] * scale
+    visium = visium or (sf is not None and VISIUM_FIDUCIAL_DIAMETER in sf)
     if mpp is not None:
         use_mpp, source = float(mpp), "override"
     elif meta_path is not None:
@@ -112,8 +161,10 @@ def read(
     else:
         from hifusion.data.image import open_image
 
-        with open_image(image_path) as img:
-            img_mpp = img.mpp
+        img_mpp = None
+        if image_array is None:
+            with open_image(image_path) as img:
+                img_mpp = img.mpp
         if img_mpp is None:
             raise InputError(
                 "um/px unknown: no override, no HEST metadata JSON, and the image records none; "
@@ -148,6 +199,8 @@ def read(
         array_xy=array_xy,
         spot_diameter_px=diameter_px,
         source_format=FORMAT,
-        meta={"coord_scale": scale, "mpp_source": source},
+        meta={"coord_scale": scale, "mpp_source": source, "image_kind": image_kind,
+              **({"image_desc": f"{path} {image_desc}"} if image_desc else {})},
         files={"counts": path, "spots": path, "image": image_path},
+        image_array=image_array,
     )

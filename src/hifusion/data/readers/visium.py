@@ -1,6 +1,10 @@
-"""10x Visium Space Ranger output: outs/filtered_feature_bc_matrix.h5, outs/spatial/, a full-resolution image.
+"""10x Visium Space Ranger output: outs/filtered_feature_bc_matrix.h5, outs/spatial/, and an image to cut from.
 
-um/px = 55 um / spot_diameter_fullres (Visium spots are 55 um wide). Only in-tissue spots are kept.
+Image, in order: the one passed (`--image SECTION=PATH`); a full-resolution image beside `outs/`; Space Ranger's
+`spatial/tissue_hires_image.png`; its `tissue_lowres_image.png`. The two downsampled copies come with a scale factor in
+`scalefactors_json.json` (also applied when `--image` names one of them), which multiplies the full-resolution spot
+coordinates. um/px = 55 um / (spot_diameter_fullres * scale factor) (Visium spots are 55 um wide). Only in-tissue spots
+are kept.
 """
 
 from __future__ import annotations
@@ -14,6 +18,10 @@ import pandas as pd
 import scipy.sparse as sp
 
 from hifusion.constants import (
+    VISIUM_HIRES_IMAGE,
+    VISIUM_HIRES_SCALEF,
+    VISIUM_LOWRES_IMAGE,
+    VISIUM_LOWRES_SCALEF,
     VISIUM_MATRIX_H5,
     VISIUM_POSITIONS,
     VISIUM_POSITIONS_LEGACY,
@@ -101,17 +109,53 @@ def read_positions(spatial: Path) -> tuple[pd.DataFrame, Path]:
     return df.set_index(df["barcode"].astype(str)), path
 
 
-def find_image(outs: Path) -> Path:
-    """The full-resolution image in outs/ or beside it; several or none means the user must pass `image=`."""
+def find_image(outs: Path) -> Path | None:
+    """The full-resolution image in outs/ or beside it (None when there is none); several is an error."""
     found: list[Path] = []
     for folder in (outs, outs.parent):
         found += [p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
         if found:
             break
-    if len(found) != 1:
-        what = "no full-resolution image" if not found else f"several images ({[p.name for p in found]})"
-        raise InputError(f"{what} found beside the Space Ranger output; pass the image path (--image)", outs)
-    return found[0]
+    if len(found) > 1:
+        raise InputError(f"several images found beside the Space Ranger output ({[p.name for p in found]}); "
+                         "pass the image path (--image SECTION=PATH)", outs)
+    return found[0] if found else None
+
+
+# Space Ranger's downsampled images and the scale factor key that maps full-resolution pixels onto each
+SPACERANGER_IMAGES = {VISIUM_HIRES_IMAGE: ("hires", VISIUM_HIRES_SCALEF),
+                      VISIUM_LOWRES_IMAGE: ("lowres", VISIUM_LOWRES_SCALEF)}
+
+
+def image_scale(name: str, scalefactors: dict, sf_path: Path | str) -> tuple[float, str]:
+    """(scale factor from full-resolution pixels, kind) of an image known by its file name; 1.0 for any other image."""
+    if name not in SPACERANGER_IMAGES:
+        return 1.0, "full-resolution"
+    kind, key = SPACERANGER_IMAGES[name]
+    try:
+        scalef = float(scalefactors[key])
+    except (KeyError, TypeError, ValueError):
+        raise InputError(f"no usable {key} for {name}", sf_path) from None
+    if not scalef > 0:
+        raise InputError(f"{key} must be positive, got {scalef}", sf_path)
+    return scalef, kind
+
+
+def choose_image(outs: Path, scalefactors: dict, sf_path: Path, image: Path | None) -> tuple[Path, float, str]:
+    """(image, scale factor, kind): the given image, else full resolution beside outs/, else hires, else lowres."""
+    if image is not None:
+        path = Path(image)
+    else:
+        spatial = outs / VISIUM_SPATIAL_DIR
+        path = find_image(outs) or next(
+            (spatial / n for n in (VISIUM_HIRES_IMAGE, VISIUM_LOWRES_IMAGE) if (spatial / n).is_file()), None
+        )
+        if path is None:
+            raise InputError(f"no image found: no full-resolution image beside the Space Ranger output and no "
+                             f"{VISIUM_SPATIAL_DIR}/{VISIUM_HIRES_IMAGE} or {VISIUM_LOWRES_IMAGE}; pass the image "
+                             "path (--image SECTION=PATH)", outs)
+    scalef, kind = image_scale(path.name, scalefactors, sf_path)
+    return path, scalef, kind
 
 
 def read(
@@ -136,14 +180,14 @@ def read(
         diameter = float(scalefactors["spot_diameter_fullres"])
     except (ValueError, KeyError, TypeError) as exc:
         raise InputError(f"no usable spot_diameter_fullres ({exc})", sf_path) from exc
-    image_path = Path(image) if image else find_image(outs)
+    image_path, image_scalef, image_kind = choose_image(outs, scalefactors, sf_path, image)
 
     counts, barcodes, names, ids = read_10x_h5(matrix_path)
     pos = pos[pos["in_tissue"] == 1]
     rows = join_spots(pd.Index(barcodes), pos.index, matrix_path, pos_path)
     counts, barcodes = counts[rows], barcodes[rows]
     pos = pos.loc[barcodes]
-    scale = 1.0 if coord_scale is None else float(coord_scale)
+    scale = image_scalef if coord_scale is None else float(coord_scale)  # a user's coordinate scale wins
     centers = pos[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(dtype=np.float64) * scale
     diameter_px = diameter * scale
     use_mpp = float(mpp) if mpp is not None else VISIUM_SPOT_DIAMETER_UM / diameter_px
@@ -161,6 +205,7 @@ def read(
         new_xy=None,
         spot_diameter_px=diameter_px,
         source_format=FORMAT,
-        meta={"coord_scale": scale, "mpp_source": "override" if mpp is not None else "spot_diameter_fullres"},
+        meta={"coord_scale": scale, "image_kind": image_kind,
+              "mpp_source": "override" if mpp is not None else "spot_diameter_fullres"},
         files={"counts": matrix_path, "spots": pos_path, "image": image_path, "scalefactors": sf_path},
     )
