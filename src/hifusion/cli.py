@@ -200,7 +200,9 @@ def predict(
     adabn: Annotated[bool, typer.Option(help="Re-estimate BatchNorm statistics on this slide's patches.")] = False,
     tta: Annotated[bool, typer.Option(help="Average over the 8 flips/rotations (8x the model time).")] = False,
     calibrate: Annotated[str, typer.Option(help="none | centre (each gene's slide mean set to the training "
-                                                "mean stored in the checkpoint).")] = "none",
+                                                "mean stored in the checkpoint) | shrink (centre, and the pattern "
+                                                "scaled by the factor a benchmark fitted on validation spots, "
+                                                "read from calibration.json beside the checkpoint).")] = "none",
 ) -> None:
     """Predict expression over a whole slide: h5ad + CSV + per-gene maps + index.html in OUT."""
     from hifusion.predict import predict_slide

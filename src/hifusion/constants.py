@@ -101,3 +101,7 @@ MARKER_GENES = ("ERBB2", "KRT19", "CD74", "TMSB10", "FASN", "GNAS")
 # ------------------------------------------------------------------------------------------------ report files
 REPORT_MD = "report.md"  # the benchmark's human-readable summary
 PER_GENE_CSV = "per_gene.csv"  # per model, section and gene: pcc, mse, mae
+
+# Shrink factors of `calibrate: shrink` (fitted on validation spots by the benchmark), beside the checkpoints, keyed
+# by the test-time options they were fitted under ("adabn=0,tta=0"); `predict --calibrate shrink` reads them.
+CALIBRATION_JSON = "calibration.json"

@@ -101,7 +101,10 @@ def test_stain_options_and_test_time_variants(tmp_path: Path) -> None:
     for s in ("P2", "Q1"):
         pred = ad.read_h5ad(res.out / "predictions" / "hifusion" / f"{s}.h5ad").X
         np.testing.assert_allclose(pred.mean(0), meta["train_mean"], atol=1e-4)
-    assert 0.0 <= json.loads((run / "done.json").read_text())["shrink_factor[shrink]"] <= 1.0
+    factor = json.loads((run / "done.json").read_text())["shrink_factor[shrink]"]
+    assert 0.0 <= factor <= 1.0
+    # ... and beside the checkpoints, for `predict --calibrate shrink`
+    assert json.loads((run / C.CKPT_DIR / C.CALIBRATION_JSON).read_text()) == {"adabn=0,tta=0": factor}
     # the plain row is the unadapted model: its section means are its own
     plain = ad.read_h5ad(res.out / "predictions" / "hifusion [plain]" / "P2.h5ad").X
     assert np.abs(plain.mean(0) - np.asarray(meta["train_mean"])).max() > 1e-4

@@ -339,7 +339,14 @@ def test_predict_test_time_options_use_the_slide_images_only(tmp_path: Path, pla
     info = runs["adabn"].uns[C.UNS_HIFUSION]
     assert info["adabn"] and info["stain_normalise"] == "reinhard"
     with pytest.raises(ConfigError, match="calibrate"):
+        predict_slide(ckpt, plain_png, tmp_path / "bad", mpp=1.0, spots=spots, progress=False, calibrate="median")
+    with pytest.raises(CheckpointError, match="shrink factor"):  # no factor fitted by a benchmark beside it
         predict_slide(ckpt, plain_png, tmp_path / "bad", mpp=1.0, spots=spots, progress=False, calibrate="shrink")
+    (ckpt.parent / C.CALIBRATION_JSON).write_text('{"adabn=0,tta=0": 0.25}')
+    out = predict_slide(ckpt, plain_png, tmp_path / "shrink", mpp=1.0, spots=spots, progress=False,
+                        calibrate="shrink")
+    x = ad.read_h5ad(out / "predictions.h5ad").X
+    np.testing.assert_allclose(x - x.mean(0), 0.25 * (plain - plain.mean(0)), atol=1e-5)
 
 
 def test_map_discs_leave_room_between_spots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

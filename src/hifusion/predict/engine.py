@@ -7,6 +7,7 @@ the training module's own `preprocess`, so a spot predicted here and the same sp
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -24,6 +25,7 @@ from hifusion.predict.slide import PatchStream, Slide, open_slide
 from hifusion.predict.tissue import DEFAULT_MIN_FRACTION, default_pitch_um, detect_tissue, spot_grid, tissue_fraction
 
 GRID_KINDS = ("hex", "square")
+CALIBRATE = ("none", "centre", "shrink")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -65,6 +67,7 @@ def load_predictor(checkpoint: str | Path, device: str = "auto") -> tuple[Any, d
         raise CheckpointError(f"model '{meta['model'].get('name')}' does not predict from image patches", path)
     check_meta(meta, path)
     module = ExpressionModule(model, TrainConfig(), meta)
+    module.checkpoint_path = path  # where calibration files beside it are looked up
     module.to(resolve_device(device)).eval()
     return module, meta
 
@@ -179,13 +182,32 @@ def predict_coords(
     adabn_batches = _with_source(stream.batches(sample), source) if adabn else None
     batches = _with_source(_progress(stream.batches(coords), len(coords), progress), source)
     pred = predict_loader(module, batches, adabn_batches=adabn_batches, tta=tta)
-    if calibrate == "centre":
+    if calibrate in ("centre", "shrink"):
         if "train_mean" not in meta:
-            raise CheckpointError("calibrate 'centre' needs the training mean, which this checkpoint predates")
-        pred = centre_on(pred, np.asarray(meta["train_mean"], np.float64))
+            raise CheckpointError(f"calibrate '{calibrate}' needs the training mean, which this checkpoint predates")
+        factor = 1.0 if calibrate == "centre" else shrink_for(module, adabn, tta)
+        pred = centre_on(pred, np.asarray(meta["train_mean"], np.float64), factor)
     elif calibrate != "none":
-        raise ConfigError(f"calibrate must be 'none' or 'centre' for a slide, got '{calibrate}'")
+        raise ConfigError(f"calibrate must be one of {CALIBRATE}, got '{calibrate}'")
     return pred
+
+
+def shrink_for(module: Any, adabn: bool, tta: bool) -> float:
+    """The shrink factor the benchmark fitted on validation spots for this checkpoint and these test-time options."""
+    from hifusion.train.fit import calibration_key
+
+    ckpt = getattr(module, "checkpoint_path", None)
+    path = None if ckpt is None else Path(ckpt).parent / C.CALIBRATION_JSON
+    key = calibration_key(adabn, tta)
+    try:
+        factor = json.loads(path.read_text())[key] if path is not None else None
+    except (OSError, ValueError, KeyError):
+        factor = None
+    if not isinstance(factor, (int, float)) or not 0.0 <= float(factor) <= 1.0:
+        raise CheckpointError(f"calibrate 'shrink' needs a shrink factor for {key} in {C.CALIBRATION_JSON} beside "
+                              "the checkpoint (written by a benchmark with that calibration); use 'centre'",
+                              ckpt)
+    return float(factor)
 
 
 def predict_slide(
@@ -223,8 +245,8 @@ def predict_slide(
         raise ConfigError(f"pitch must be positive, got {pitch_um} um")
     if batch_size < 1:
         raise ConfigError(f"batch size must be positive, got {batch_size}")
-    if calibrate not in ("none", "centre"):
-        raise ConfigError(f"calibrate must be 'none' or 'centre' for a slide, got '{calibrate}'")
+    if calibrate not in CALIBRATE:
+        raise ConfigError(f"calibrate must be one of {CALIBRATE}, got '{calibrate}'")
     module, meta = load_predictor(checkpoint, device)
     m = check_meta(meta, checkpoint)
     panel = m["panel"]

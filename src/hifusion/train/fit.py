@@ -429,6 +429,20 @@ def predict_loader(module: Any, loader: Any, *, adabn_batches: Any = None, tta: 
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
+def calibration_key(adabn: bool, tta: bool) -> str:
+    return f"adabn={int(bool(adabn))},tta={int(bool(tta))}"
+
+
+def save_shrink_factor(ckpt_dir: Path, key: tuple[bool, bool], factor: float) -> None:
+    """Record a shrink factor beside the checkpoints, so `predict --calibrate shrink` applies the same one."""
+    from hifusion.io import atomic_write_text
+
+    path = ckpt_dir / C.CALIBRATION_JSON
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data[calibration_key(*key)] = float(factor)
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True))
+
+
 def predict_variants(result: FitResult, data: SplitData, variants: dict[str, Any]) -> dict[str, dict[str, np.ndarray]]:
     """Test predictions of a fitted model under each test-time variant (name -> AdaptConfig): section -> (N, G).
 
@@ -459,6 +473,8 @@ def predict_variants(result: FitResult, data: SplitData, variants: dict[str, Any
             vp = [result.predict(s, data.val_rows[s], *key) for s in vsecs]
             factor = shrink_factor(vp, [data.label_rows(s, data.val_rows[s]) for s in vsecs])
             result.info[f"shrink_factor[{name}]"] = factor
+            if result.checkpoint is not None:
+                save_shrink_factor(Path(result.checkpoint).parent, key, factor)
         out[name] = {s: centre_on(p, level, factor) for s, p in preds.items()}
     return out
 
