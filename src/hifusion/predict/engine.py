@@ -25,7 +25,7 @@ from hifusion.predict.slide import PatchStream, Slide, open_slide
 from hifusion.predict.tissue import DEFAULT_MIN_FRACTION, default_pitch_um, detect_tissue, spot_grid, tissue_fraction
 
 GRID_KINDS = ("hex", "square")
-CALIBRATE = ("none", "centre", "shrink")
+CALIBRATE = ("none", "centre", "shrink", "auto")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -182,6 +182,8 @@ def predict_coords(
     adabn_batches = _with_source(stream.batches(sample), source) if adabn else None
     batches = _with_source(_progress(stream.batches(coords), len(coords), progress), source)
     pred = predict_loader(module, batches, adabn_batches=adabn_batches, tta=tta)
+    if calibrate == "auto":  # the benchmark's fitted factor where there is one, else centring alone (if it can)
+        calibrate = "shrink" if _has_shrink(module, adabn, tta) else "centre" if "train_mean" in meta else "none"
     if calibrate in ("centre", "shrink"):
         if "train_mean" not in meta:
             raise CheckpointError(f"calibrate '{calibrate}' needs the training mean, which this checkpoint predates")
@@ -190,6 +192,14 @@ def predict_coords(
     elif calibrate != "none":
         raise ConfigError(f"calibrate must be one of {CALIBRATE}, got '{calibrate}'")
     return pred
+
+
+def _has_shrink(module: Any, adabn: bool, tta: bool) -> bool:
+    try:
+        shrink_for(module, adabn, tta)
+    except CheckpointError:
+        return False
+    return True
 
 
 def shrink_for(module: Any, adabn: bool, tta: bool) -> float:
