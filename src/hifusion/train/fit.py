@@ -455,6 +455,7 @@ def predict_variants(result: FitResult, data: SplitData, variants: dict[str, Any
         raise ValueError("this fit result holds no predictor")
     level = data.train_labels().mean(0)
     raw: dict[tuple[bool, bool], dict[str, np.ndarray]] = {}
+    val_raw: dict[tuple[bool, bool], list[np.ndarray]] = {}
     out: dict[str, dict[str, np.ndarray]] = {}
     for name, a in variants.items():
         key = (bool(a.adabn), bool(a.tta))
@@ -470,8 +471,9 @@ def predict_variants(result: FitResult, data: SplitData, variants: dict[str, Any
         factor = 1.0
         if a.calibrate == "shrink":
             vsecs = [s for s in data.val_rows if len(data.val_rows[s])]
-            vp = [result.predict(s, data.val_rows[s], *key) for s in vsecs]
-            factor = shrink_factor(vp, [data.label_rows(s, data.val_rows[s]) for s in vsecs])
+            if key not in val_raw:
+                val_raw[key] = [result.predict(s, data.val_rows[s], *key) for s in vsecs]
+            factor = shrink_factor(val_raw[key], [data.label_rows(s, data.val_rows[s]) for s in vsecs])
             result.info[f"shrink_factor[{name}]"] = factor
             if result.checkpoint is not None:
                 save_shrink_factor(Path(result.checkpoint).parent, key, factor)
