@@ -339,7 +339,7 @@ def _fit_spot_model(model: torch.nn.Module, model_cfg: ModelConfig, cfg: TrainCo
         [data.train_rows[s] for s in train_secs],
         [data.label_rows(s, data.train_rows[s]) for s in train_secs],
         spot_px=data.spot_px, region_px=data.region_px, augment=cfg.augment, seed=cfg.seed,
-        stain_stats=_stain_list(data, train_secs),
+        stain_stats=stain_list(data, train_secs),
     )
     val_secs = [s for s in data.val_rows if len(data.val_rows[s])]
     val_ds = None
@@ -348,7 +348,7 @@ def _fit_spot_model(model: torch.nn.Module, model_cfg: ModelConfig, cfg: TrainCo
             [data.patches[s] for s in val_secs],
             [data.val_rows[s] for s in val_secs],
             [data.label_rows(s, data.val_rows[s]) for s in val_secs],
-            spot_px=data.spot_px, region_px=data.region_px, stain_stats=_stain_list(data, val_secs),
+            spot_px=data.spot_px, region_px=data.region_px, stain_stats=stain_list(data, val_secs),
         )
     norm = normalisation_for(model_cfg, data)
     init_bias = getattr(model, "init_output_bias", None)
@@ -369,7 +369,7 @@ def _fit_spot_model(model: torch.nn.Module, model_cfg: ModelConfig, cfg: TrainCo
                      global_rank=int(trainer.global_rank), predict=predict)
 
 
-def _stain_list(data: SplitData, sections: list[str]) -> list[np.ndarray] | None:
+def stain_list(data: SplitData, sections: list[str]) -> list[np.ndarray] | None:
     """Per-section stain statistics for a dataset over `sections` (None when normalisation is off)."""
     stats = [data.stain_source(s) for s in sections]
     return None if any(x is None for x in stats) else stats  # type: ignore[return-value]

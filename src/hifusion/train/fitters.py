@@ -26,13 +26,13 @@ from hifusion.errors import ConfigError
 from hifusion.train.fit import (
     _FITTERS,
     FitResult,
-    _stain_list,
     make_meta,
     normalisation_for,
     register_fitter,
     resolve_workers,
     rows_predictor,
     run_lightning,
+    stain_list,
 )
 
 __all__ = ["predict_section", "save_model_checkpoint"]
@@ -61,7 +61,7 @@ def _section_dataset(data: SplitData, rows: dict[str, np.ndarray], with_labels: 
         [data.array_coords(s, rows[s]) for s in secs],
         [data.label_rows(s, rows[s]) for s in secs] if with_labels else None,
         spot_px=data.spot_px, region_px=data.region_px, augment=augment, seed=seed, with_region=with_region,
-        stain_stats=_stain_list(data, secs),
+        stain_stats=stain_list(data, secs),
     )
 
 
@@ -140,7 +140,7 @@ def predict_section(module: Any, patches: Any, rows: np.ndarray, coords: np.ndar
 def _features(module: Any, data: SplitData, rows: dict[str, np.ndarray], batch_size: int) -> np.ndarray:
     secs = [s for s in rows if len(rows[s])]
     ds = SpotDataset([data.patches[s] for s in secs], [rows[s] for s in secs], None, spot_px=data.spot_px,
-                     region_px=data.region_px, stain_stats=_stain_list(data, secs))
+                     region_px=data.region_px, stain_stats=stain_list(data, secs))
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
     device = next(module.parameters()).device
     out = []
