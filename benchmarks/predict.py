@@ -118,9 +118,9 @@ def run(args: argparse.Namespace) -> dict:
     import torch
 
     from hifusion import constants as C
+    from hifusion.inference import predict_loader
     from hifusion.predict import detect_tissue, load_predictor, open_slide, predict_coords, spot_grid
     from hifusion.predict.slide import PatchStream
-    from hifusion.train.fit import predict_loader
 
     slide_path = args.slide
     if not slide_path.exists():

@@ -154,7 +154,7 @@ class _HostFloat(torch.utils.data.Dataset):
         return len(self.ds)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        from hifusion.train.module import normalise_images
+        from hifusion.preprocess import normalise_images
 
         item = self.ds[i]
         for k in ("spot", "region"):
@@ -182,7 +182,7 @@ def time_loader(loader: torch.utils.data.DataLoader, batches: int, device: torch
 
 def preprocess(b: dict[str, torch.Tensor], channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """What ExpressionModule.preprocess does: uint8 -> per-patch standardised float on the device."""
-    from hifusion.train.module import normalise_images
+    from hifusion.preprocess import normalise_images
 
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     out = []
@@ -222,7 +222,7 @@ class Variant:
         self.first: torch.Tensor | None = None
 
     def train_step(self, b: dict[str, torch.Tensor], device: torch.device) -> None:
-        from hifusion.train.losses import get_loss
+        from hifusion.models.losses import get_loss
 
         if self.opt is None:
             self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4)
@@ -381,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.steps = 1
-    from hifusion.train.module import normalise_images  # noqa: F401  (imports Lightning: keep it out of timings)
+    from hifusion.preprocess import normalise_images  # noqa: F401  (imports Lightning: keep it out of timings)
 
     names = [s.strip() for s in args.profiles.split(",") if s.strip()]
     unknown = [s for s in names if s not in PROFILES]

@@ -173,10 +173,10 @@ def demo(
     """The 3D protocol on the HER2ST sample shipped in the package (train C2, test C3, C4), CPU profile."""
     from hifusion.config import load_config
     from hifusion.evaluate.protocols import run_benchmark
+    from hifusion.io import check_results_folder
 
     cfg = load_config(Path(__file__).parent / "configs" / "demo.yaml", set_)
-    if out.exists() and any(out.iterdir()) and not resume:
-        raise HifusionError("results folder exists; pass --resume to reuse it or choose another --out", out)
+    check_results_folder(out, resume)
     cfg.data.cache = out / "cache"
     result = run_benchmark(cfg, out / "report", resume=resume, command="hifusion demo", title="hifusion demo")
     _print_summary(result)

@@ -94,6 +94,7 @@ RUN_METRICS = "metrics.csv"
 CKPT_LAST = "last.ckpt"
 CKPT_BEST = "best.ckpt"
 CKPT_DIR = "checkpoints"
+CKPT_META_KEY = "hifusion"  # the checkpoint entry holding what prediction needs besides the weights
 
 # ---------------------------------------------------------------------------------------------- marker genes
 MARKER_GENES = ("ERBB2", "KRT19", "CD74", "TMSB10", "FASN", "GNAS")

@@ -9,7 +9,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from hifusion.errors import InputError
+from hifusion.errors import ConfigError, InputError
 
 # errors of the storage, not of our code: a full or read-only disk, a quota, no permission, a file where a folder goes
 WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
@@ -26,6 +26,13 @@ def storage_error(exc: BaseException) -> OSError | None:
             return cur
         cur = cur.__cause__ or cur.__context__
     return None
+
+
+def check_results_folder(out: str | os.PathLike[str], resume: bool) -> None:
+    """A run writes into a new or empty results folder, or continues its own with `resume`: never over another."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise ConfigError("results folder exists and is not empty; pass --resume to continue it, or pick --out", out)
 
 
 def make_dir(path: str | os.PathLike[str]) -> Path:
@@ -77,9 +84,3 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write a small text file atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write a small binary file atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)

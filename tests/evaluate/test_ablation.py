@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from hifusion import constants as C
+from hifusion.checkpoint import read_checkpoint
 from hifusion.config import AblationAxis, parse_config
+from hifusion.constants import CKPT_META_KEY
 from hifusion.evaluate.ablation import (
     REGION_FACTOR,
     ablation_config,
@@ -21,8 +23,6 @@ from hifusion.evaluate.ablation import (
     variant_changes,
 )
 from hifusion.models import create_model, hifusion_loss
-from hifusion.train.checkpoint import read_checkpoint
-from hifusion.train.module import CKPT_META_KEY
 from tests.synthetic import tiny_config, write_dataset
 
 

@@ -75,8 +75,8 @@ def test_stain_options_and_test_time_variants(tmp_path: Path) -> None:
     """Stain normalisation + augmentation in training, and test-time rows from the same fitted models."""
     import anndata as ad
 
-    from hifusion.train.checkpoint import read_checkpoint
-    from hifusion.train.module import CKPT_META_KEY
+    from hifusion.checkpoint import read_checkpoint
+    from hifusion.constants import CKPT_META_KEY
 
     root = write_dataset(tmp_path / "raw")
     raw = tiny_config(root, tmp_path / "cache", tmp_path, epochs=1)

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hifusion.evaluate.metrics import per_gene_metrics, section_metrics
 from hifusion.evaluate.report import write_report, write_tables
+from hifusion.metrics import per_gene_metrics, section_metrics
 
 GENES = ["ERBB2", "KRT19", "CD74", "ACTB", "GAPDH"]
 

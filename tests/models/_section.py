@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hifusion.train.losses import get_loss
+from hifusion.models.losses import get_loss
 
 
 def section_batch(px: int = 16, g: int = 5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -50,10 +50,9 @@ def test_checkpoints_predict_alone(bench: tuple[Path, object], name: str) -> Non
     from hifusion.config import TrainConfig
     from hifusion.data.prepare import load_cache
     from hifusion.data.splitdata import section_array_coords
+    from hifusion.inference import predict_rows, predict_section
     from hifusion.models import model_entry
-    from hifusion.train.checkpoint import load_checkpoint
-    from hifusion.train.fit import predict_rows
-    from hifusion.train.fitters import predict_section
+    from hifusion.models.loading import load_checkpoint
     from hifusion.train.module import ExpressionModule, SectionModule
 
     base, _ = bench

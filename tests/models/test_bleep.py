@@ -5,8 +5,7 @@ import pytest
 import torch
 
 from hifusion.models import create_model, model_entry
-from hifusion.models.bleep import bleep_contrastive_loss
-from hifusion.train.losses import get_loss
+from hifusion.models.losses import bleep_contrastive_loss, get_loss
 
 
 def test_bleep_step_retrieval_and_reloaded_reference() -> None:

@@ -351,7 +351,7 @@ def test_predict_test_time_options_use_the_slide_images_only(tmp_path: Path, pla
 
 def test_map_discs_leave_room_between_spots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Predict maps draw a virtual spot no wider than 80% of the spot spacing (the H&E shows between discs)."""
-    import hifusion.evaluate.plots as plots
+    import hifusion.plots as plots
     from hifusion.predict import outputs
 
     xy = np.array([[x * 100.0, y * 100.0] for x in range(4) for y in range(3)])

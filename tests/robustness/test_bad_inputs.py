@@ -17,7 +17,7 @@ import anndata as ad
 import numpy as np
 import pytest
 
-from hifusion.train.checkpoint import HASH_SUFFIX
+from hifusion.checkpoint import HASH_SUFFIX
 from tests.robustness.helpers import (
     CliResult,
     Her2stFolder,

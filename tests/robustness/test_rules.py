@@ -178,7 +178,7 @@ def test_checkpoint_loads_weights_only(trained_run: Path) -> None:
 def test_integrity_checked_before_weights_only_load(trained_run: Path, monkeypatch: pytest.MonkeyPatch,
                                                     path: str) -> None:
     """Predict and resume both check the SHA-256 sidecar first, then load with weights_only=True."""
-    import hifusion.train.checkpoint as ck
+    import hifusion.checkpoint as ck
 
     events: list[str] = []
     real_hash, real_load = ck.file_sha256, torch.load

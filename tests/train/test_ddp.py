@@ -63,9 +63,9 @@ def test_ddp_two_cpu_ranks(tmp_path: Path) -> None:
     from hifusion.config import TrainConfig, parse_config
     from hifusion.data.splitdata import load_split, with_validation_sections
     from hifusion.data.splits import make_splits
-    from hifusion.evaluate.metrics import section_metrics
-    from hifusion.train.checkpoint import load_checkpoint
-    from hifusion.train.fit import predict_rows
+    from hifusion.inference import predict_rows
+    from hifusion.metrics import section_metrics
+    from hifusion.models.loading import load_checkpoint
     from hifusion.train.module import ExpressionModule
 
     root = write_dataset(tmp_path / "raw")

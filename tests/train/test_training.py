@@ -67,8 +67,8 @@ def test_same_seed_same_metrics(dataset: Path, cache: Path, tmp_path: Path) -> N
 
 
 def test_checkpoint_is_self_describing_and_safe(dataset: Path, cache: Path, tmp_path: Path) -> None:
-    from hifusion.train.checkpoint import load_checkpoint
-    from hifusion.train.fit import predict_rows
+    from hifusion.inference import predict_rows
+    from hifusion.models.loading import load_checkpoint
     from hifusion.train.module import ExpressionModule
 
     out = tmp_path / "run"

@@ -175,3 +175,26 @@ def make_labels(
     if present:
         panel_counts[:, present] = x[:, [pos[panel[i]] for i in present]].toarray()
     return LABEL_TRANSFORMS[transform](panel_counts, totals).astype(np.float32)
+
+
+TOP_VARIABLE_K = 50  # the `pcc_gene_top50` metric's genes
+
+
+def top_variable_genes(train_labels: np.ndarray | Sequence[np.ndarray], k: int = TOP_VARIABLE_K) -> np.ndarray:
+    """Indices of the `k` genes with the largest variance across TRAINING spots (most variable first; ties by index).
+
+    A sequence of per-section label matrices is pooled first. Fewer than `k` genes returns all of them.
+    """
+    if isinstance(train_labels, np.ndarray):
+        y = np.asarray(train_labels, dtype=np.float64)
+    else:
+        y = np.vstack([np.asarray(a, dtype=np.float64) for a in train_labels])
+    if y.ndim != 2 or y.shape[0] == 0:
+        raise ValueError(f"expected non-empty 2-D (spots, genes) training labels, got shape {y.shape}")
+    if not np.isfinite(y).all():
+        raise ValueError("training labels contain NaN or infinite values")
+    if k < 1:
+        raise ValueError(f"k must be positive, got {k}")
+    var = y.var(axis=0)
+    order = np.lexsort((np.arange(var.size), -var))  # last key is primary: variance descending, then index
+    return order[:k].astype(np.int64)

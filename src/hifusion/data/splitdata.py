@@ -64,10 +64,6 @@ class SplitData:
     def train_labels(self) -> np.ndarray:
         return np.concatenate([self.label_rows(s, r) for s, r in self.train_rows.items() if len(r)])
 
-    def spatial(self, section: str, rows: np.ndarray) -> np.ndarray:
-        """Spot centres (x, y) in full-resolution pixels of the given cache rows (obsm['spatial'])."""
-        return np.asarray(self.adatas[section].obsm[C.OBSM_SPATIAL], dtype=np.float64)[np.asarray(rows, np.int64)]
-
     def array_coords(self, section: str, rows: np.ndarray) -> np.ndarray:
         """Integer array coordinates (x, y) of the given cache rows, for whole-section models.
 
@@ -110,6 +106,43 @@ def cache_patients(cache: Path) -> dict[str, str]:
     return out
 
 
+def _patch_sizes(cache: Path, sections: list[str], patches: dict[str, Any], spot_px: int | None,
+                 factor: float | None) -> tuple[int, int]:
+    """(spot, region) patch sides for a split: the cache's spot size, the region centre-cropped to `factor`."""
+    first = patches[sections[0]]
+    stored_region, stored_spot = int(first.region_px), int(first.spot_px)
+    for s in sections[1:]:
+        if (int(patches[s].region_px), int(patches[s].spot_px)) != (stored_region, stored_spot):
+            raise ConfigError(f"section {s} was prepared at another patch size than {sections[0]}", cache)
+    spot = int(spot_px or stored_spot)
+    if spot != stored_spot:
+        raise ConfigError(f"the cache holds {stored_spot} px spot patches, not {spot}; prepare another cache", cache)
+    region = stored_region if factor is None else int(round(spot * factor / 2.0) * 2)
+    if region > stored_region:
+        raise ConfigError(
+            f"region factor {factor} needs {region} px region patches; the cache holds {stored_region} px. "
+            "Prepare the cache with a larger --region-factor",
+            cache,
+        )
+    return spot, region
+
+
+def _fit_rows(split: Split, adatas: dict[str, Any], rows: dict[str, np.ndarray], val_cfg: ValConfig,
+              seed: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(training rows, validation rows) per section: whole validation sections, or a spatial block of each
+    training section (also when `sections` mode finds no section to hold out)."""
+    train_rows: dict[str, np.ndarray] = {s: rows[s] for s in split.train}
+    val_rows: dict[str, np.ndarray] = {s: rows[s] for s in split.val}
+    if val_cfg.mode == "spatial_block" or (val_cfg.mode == "sections" and not val_cfg.sections and not split.val):
+        for s in split.train:
+            coords = np.asarray(adatas[s].obsm[C.OBSM_SPATIAL])[rows[s]]
+            tr, va = spatial_block_split(coords, val_cfg.fraction, seed)
+            train_rows[s], val_rows[s] = rows[s][tr], rows[s][va]
+    elif val_cfg.mode == "sections" and not split.val:
+        raise ConfigError("train.val.mode 'sections' needs train.val.sections (whole training sections)")
+    return train_rows, val_rows
+
+
 def load_split(
     cache: Path,
     split: Split,
@@ -121,7 +154,7 @@ def load_split(
     spot_px: int | None = None,
 ) -> SplitData:
     """Load the cache sections of a split, choose the panel on training sections and build labels."""
-    from hifusion.data.genes import make_labels, select_panel
+    from hifusion.data.genes import make_labels, select_panel, top_variable_genes
     from hifusion.data.prepare import load_cache
 
     sections = list(dict.fromkeys(split.train + split.val + split.test))
@@ -129,21 +162,7 @@ def load_split(
     for s in sections:
         adatas[s], patches[s] = load_cache(cache, s)
     first = patches[sections[0]]
-    stored_region, stored_spot = int(first.region_px), int(first.spot_px)
-    for s in sections[1:]:
-        if (int(patches[s].region_px), int(patches[s].spot_px)) != (stored_region, stored_spot):
-            raise ConfigError(f"section {s} was prepared at another patch size than {sections[0]}", cache)
-    spot = int(spot_px or stored_spot)
-    if spot != stored_spot:
-        raise ConfigError(f"the cache holds {stored_spot} px spot patches, not {spot}; prepare another cache", cache)
-    factor = region_factor or data_cfg.region_factor
-    region = stored_region if factor is None else int(round(spot * factor / 2.0) * 2)
-    if region > stored_region:
-        raise ConfigError(
-            f"region factor {factor} needs {region} px region patches; the cache holds {stored_region} px. "
-            "Prepare the cache with a larger --region-factor",
-            cache,
-        )
+    spot, region = _patch_sizes(cache, sections, patches, spot_px, region_factor or data_cfg.region_factor)
 
     panel = select_panel(
         [adatas[s] for s in split.train],
@@ -160,19 +179,7 @@ def load_split(
         rows[s] = keep
         labels[s] = make_labels(a[keep], panel, transform=data_cfg.label, zero_fill=data_cfg.genes.zero_fill)
 
-    train_rows: dict[str, np.ndarray] = {}
-    val_rows: dict[str, np.ndarray] = {}
-    for s in split.train:
-        train_rows[s] = rows[s]
-    for s in split.val:
-        val_rows[s] = rows[s]
-    if val_cfg.mode == "spatial_block" or (val_cfg.mode == "sections" and not val_cfg.sections and not split.val):
-        for s in split.train:
-            coords = np.asarray(adatas[s].obsm[C.OBSM_SPATIAL])[rows[s]]
-            tr, va = spatial_block_split(coords, val_cfg.fraction, seed)
-            train_rows[s], val_rows[s] = rows[s][tr], rows[s][va]
-    elif val_cfg.mode == "sections" and not split.val:
-        raise ConfigError("train.val.mode 'sections' needs train.val.sections (whole training sections)")
+    train_rows, val_rows = _fit_rows(split, adatas, rows, val_cfg, seed)
 
     data = SplitData(
         split=split,
@@ -190,8 +197,6 @@ def load_split(
         normalise=data_cfg.normalise,
         stain=data_cfg.stain,
     )
-    from hifusion.evaluate.metrics import top_variable_genes
-
     data.top50 = np.asarray(top_variable_genes(data.train_labels(), k=min(50, len(panel))))
     return data
 

@@ -1,32 +1,5 @@
-"""Evaluation: metrics, paired tests, the written report and its figures.
+"""Orchestration on top of the library: benchmark protocols, ablation, efficiency and the written report.
 
-The benchmark runner lives in `hifusion.evaluate.protocols` and is not imported here (it pulls in training code).
+Submodules are imported where used: `hifusion.evaluate.protocols` pulls in training code, and the leaf modules
+(`hifusion.metrics`, `hifusion.stats`, `hifusion.plots`) are what training and prediction use instead.
 """
-
-from __future__ import annotations
-
-from hifusion.evaluate.metrics import (
-    pcc_columns,
-    pcc_rows,
-    per_gene_metrics,
-    section_metrics,
-    top_variable_genes,
-)
-from hifusion.evaluate.plots import plot_expression_map, plot_marker_maps, plot_training_curves
-from hifusion.evaluate.report import write_report, write_tables
-from hifusion.evaluate.stats import compare_models, paired_wilcoxon
-
-__all__ = [
-    "compare_models",
-    "paired_wilcoxon",
-    "pcc_columns",
-    "pcc_rows",
-    "per_gene_metrics",
-    "plot_expression_map",
-    "plot_marker_maps",
-    "plot_training_curves",
-    "section_metrics",
-    "top_variable_genes",
-    "write_report",
-    "write_tables",
-]

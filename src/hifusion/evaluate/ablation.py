@@ -19,10 +19,10 @@ import numpy as np
 import pandas as pd
 
 from hifusion import constants as C
+from hifusion import metrics as M
 from hifusion.config import AblationAxis, Config, ModelConfig
 from hifusion.errors import ConfigError
-from hifusion.evaluate import metrics as M
-from hifusion.io import atomic_write_text, make_dir
+from hifusion.io import atomic_write_text, check_results_folder, make_dir
 
 REGION_FACTOR = "region_factor"
 DEFAULT_LABEL = "default"
@@ -244,6 +244,25 @@ class AblationResult:
     seconds: float
 
 
+def _ablation_spec(axes: list[AblationAxis], seeds: list[int], variants: list[Variant]) -> dict[str, Any]:
+    """What `ablation.json` records: the axes tried, the seeds and every variant's options."""
+    return {
+        "axes": [{"option": a.option, "values": [_norm(v) for v in a.values]} for a in axes],
+        "seeds": seeds,
+        "variants": [
+            {
+                "label": v.label,
+                "option": v.option,
+                "value": v.value,
+                "options": v.model.options,
+                "region_factor": v.region_factor,
+                "stands_for": v.stands_for,
+            }
+            for v in variants
+        ],
+    }
+
+
 def run_ablation(
     cfg: Config,
     out: Path,
@@ -263,8 +282,7 @@ def run_ablation(
     from hifusion.evaluate.protocols import run_benchmark
 
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not resume:
-        raise ConfigError("results folder exists and is not empty; pass --resume to continue it, or pick --out", out)
+    check_results_folder(out, resume)
     seeds = list(dict.fromkeys(seeds)) if seeds else [cfg.train.seed]
     command = command or " ".join(sys.argv)
     axes = select_axes(list(cfg.ablation or default_axes(cfg)), only)
@@ -301,29 +319,7 @@ def run_ablation(
     make_dir(out / "figures")
     figs = ablation_figures(out / "figures", table, variants, axes)
     atomic_write_text(out / ABLATION_CSV, table.to_csv(index=False))
-    spec = [{"option": a.option, "values": [_norm(v) for v in a.values]} for a in axes]
-    atomic_write_text(
-        out / "ablation.json",
-        json.dumps(
-            {
-                "axes": spec,
-                "seeds": seeds,
-                "variants": [
-                    {
-                        "label": v.label,
-                        "option": v.option,
-                        "value": v.value,
-                        "options": v.model.options,
-                        "region_factor": v.region_factor,
-                        "stands_for": v.stands_for,
-                    }
-                    for v in variants
-                ],
-            },
-            indent=2,
-            default=str,
-        ),
-    )
+    atomic_write_text(out / "ablation.json", json.dumps(_ablation_spec(axes, seeds, variants), indent=2, default=str))
     report = write_ablation_report(
         out, table, variants, axes, figs, command=command, seconds=seconds, seeds=seeds
     )
@@ -354,7 +350,7 @@ def ablation_table(
     Several seeds (a `seed` column): a section's score is first averaged over seeds, and `<metric>_seed_std` is the
     spread over seeds of the mean over sections (NaN with one seed).
     """
-    from hifusion.evaluate.stats import compare_models
+    from hifusion.stats import compare_models
 
     wide = metrics.pivot_table(
         index=["model", "split", "section"], columns="metric", values="value", aggfunc="mean", sort=False
@@ -489,7 +485,7 @@ def ablation_figures(
     fig_dir: Path, table: pd.DataFrame, variants: list[Variant], axes: list[AblationAxis]
 ) -> list[Path]:
     """Line plots of PCC-gene and MSE against token count (Figure 2) and neighbour size (Figure 4)."""
-    from hifusion.evaluate.plots import plot_ablation_lines
+    from hifusion.plots import plot_ablation_lines
 
     figs = []
     for axis in axes:

@@ -12,7 +12,7 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from hifusion import __version__
 from hifusion import constants as C
 from hifusion.config import Config, DataConfig, ModelConfig
 from hifusion.errors import ConfigError
-from hifusion.io import atomic_path, atomic_write_text, make_dir
+from hifusion.io import atomic_path, atomic_write_text, check_results_folder, make_dir
 from hifusion.train.distributed import is_global_zero, wait_until
 
 DONE_FILE = "done.json"
@@ -151,7 +151,7 @@ def _fit_members(m: ModelConfig, train_cfg: Any, data: Any, mdir: Path, resume: 
 def _score(out: Path, data: Any, split: str, section: str, label: str, pred: np.ndarray,
            metric_rows: list[dict[str, Any]], gene_frames: list[pd.DataFrame]) -> None:
     """Score one model's predictions of one test section; write them as AnnData beside the tables."""
-    from hifusion.evaluate.metrics import per_gene_metrics, section_metrics
+    from hifusion.metrics import per_gene_metrics, section_metrics
 
     truth = data.labels[section]
     sm = section_metrics(pred, truth, hvg_top50_idx=data.top50)
@@ -166,6 +166,114 @@ def _score(out: Path, data: Any, split: str, section: str, label: str, pred: np.
     pdir.mkdir(parents=True, exist_ok=True)
     with atomic_path(pdir / f"{section}{C.H5AD_SUFFIX}") as tmp:
         prediction_adata(data, section, pred).write_h5ad(tmp)
+
+
+@dataclass
+class _Collected:
+    """Everything a benchmark gathers over splits and models before it writes tables, figures and the report."""
+
+    metric_rows: list[dict[str, Any]] = field(default_factory=list)
+    gene_frames: list[pd.DataFrame] = field(default_factory=list)
+    curves: dict[str, pd.DataFrame] = field(default_factory=dict)
+    timings: list[dict[str, Any]] = field(default_factory=list)
+    panels: dict[str, list[str]] = field(default_factory=dict)
+    map_inputs: list[tuple[Any, str, dict[str, np.ndarray]]] = field(default_factory=list)
+
+
+def _make_splits(cfg: Config, cache: Path) -> list[Any]:
+    """The protocol's splits over the cache's patients, each with its validation carved from training sections."""
+    from hifusion.data.splitdata import cache_patients, with_validation_sections
+    from hifusion.data.splits import make_splits
+
+    patients = cache_patients(cache)
+    p = cfg.protocol
+    splits = make_splits(p.name, patients, train=p.train, test=p.test, folds=p.folds, k=p.k,
+                         only_patients=p.patients)
+    return [with_validation_sections(s, cfg.train.val, patients) for s in splits]
+
+
+def _resumed(mdir: Path, split: Any, data: Any) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any]]:
+    """A finished model's predictions and info, checked against this run's panel and spots."""
+    variant_preds = _split_variants(_load_predictions(mdir / PRED_FILE))
+    info = json.loads((mdir / DONE_FILE).read_text())
+    stale = [s for s in split.test if np.shape(variant_preds[""].get(s)) != (len(data.rows[s]), len(data.panel))]
+    if stale:
+        raise ConfigError(f"cannot resume: these predictions of {stale[0]} were made with another config "
+                          "(gene panel or spots); use the original config or a new --out", mdir / PRED_FILE)
+    return variant_preds, info
+
+
+def _model_predictions(cfg: Config, m: ModelConfig, split: Any, mdata: Any, mdir: Path, resume: bool,
+                       writer: bool) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any]] | None:
+    """One model's test predictions on one split: read back when it finished before (`resume`), else fitted now.
+    None on ranks > 0 (predictions, files and scores are rank 0's job)."""
+    if resume and (mdir / DONE_FILE).exists():
+        return _resumed(mdir, split, mdata) if writer else None
+    print(f"[hifusion] {split.name}: fitting {m.display} on {', '.join(split.train)}", file=sys.stderr)
+    variants = {"": cfg.adapt, **cfg.adapt_variants}  # "" is each model's main row
+    fitted = _fit_members(m, cfg.train_for(m), mdata, mdir, resume, variants)
+    if fitted is not None:
+        _save_predictions(mdir / PRED_FILE, _join_variants(fitted[0]))
+        atomic_write_text(mdir / DONE_FILE, json.dumps(fitted[1], indent=2))
+    return fitted
+
+
+def _run_split(cfg: Config, cache: Path, out: Path, split: Any, models: list[ModelConfig], resume: bool,
+               writer: bool, region_factors: dict[str, float] | None, got: _Collected) -> None:
+    """Fit (or read back) and score every model on one split."""
+    from hifusion.data.splitdata import load_split
+
+    data = load_split(cache, split, cfg.data, cfg.train.val, seed=cfg.train.seed)
+    got.panels[split.name] = data.panel
+    split_preds: dict[str, dict[str, np.ndarray]] = {s: {} for s in split.test}
+    by_factor: dict[float, Any] = {}
+    for m in models:
+        factor = (region_factors or {}).get(m.display)
+        mdata = data
+        if factor is not None:  # same panel and labels (training sections decide them); other region crop
+            if factor not in by_factor:
+                by_factor[factor] = load_split(cache, split, cfg.data, cfg.train.val, seed=cfg.train.seed,
+                                               region_factor=factor)
+            mdata = by_factor[factor]
+        mdir = out / "runs" / split.name / m.display
+        fitted = _model_predictions(cfg, m, split, mdata, mdir, resume, writer)
+        if fitted is None:
+            continue
+        variant_preds, info = fitted
+        if (mdir / C.RUN_METRICS).exists():
+            got.curves[f"{m.display} ({split.name})"] = pd.read_csv(mdir / C.RUN_METRICS)
+        got.timings.append({"model": m.display, "split": split.name, "seconds": info.get("seconds")})
+        for vname, preds in variant_preds.items():
+            label = m.display if not vname else f"{m.display} [{vname}]"
+            for s in split.test:
+                _score(out, data, split.name, s, label, preds[s], got.metric_rows, got.gene_frames)
+                if not vname:
+                    split_preds[s][label] = preds[s]
+    for s in split.test:
+        got.map_inputs.append((data, s, split_preds[s]))
+
+
+def _run_meta(cfg: Config, models: list[ModelConfig], splits: list[Any], got: _Collected, *, title: str,
+              command: str | None, region_factors: dict[str, float] | None, seconds: float) -> dict[str, Any]:
+    """What `run.json` records: the command, the resolved config, splits, panels, timings and the environment."""
+    return {
+        "title": title,
+        "command": command or " ".join(sys.argv),
+        "config": cfg.model_dump(mode="json"),
+        "protocol": cfg.protocol.name,
+        "splits": [{"name": s.name, "train": s.train, "val": s.val, "test": s.test} for s in splits],
+        "gene_panels": got.panels,
+        "label_transform": cfg.data.label,
+        "seeds": {"train": cfg.train.seed},
+        "models": [m.model_dump(mode="json") for m in models],
+        "timings": got.timings,
+        **({"region_factors": region_factors} if region_factors else {}),
+        "seconds": seconds,
+        "package_version": __version__,
+        "git_commit": git_commit(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
 
 
 def run_benchmark(
@@ -184,111 +292,32 @@ def run_benchmark(
     `region_factors` maps a model's display name to its own neighbour-view factor (centre-cropped from the cache),
     so an ablation over the region size shares one results folder, gene panel and report with the other variants.
     """
-    from hifusion.data.splitdata import cache_patients, load_split, with_validation_sections
-    from hifusion.data.splits import make_splits
-
     t0 = time.perf_counter()
     models = models or cfg.benchmark_models()
-    variants = {"": cfg.adapt, **cfg.adapt_variants}  # "" is each model's main row
     out = Path(out)
     writer = is_global_zero()  # other ranks of a DDP run (relaunched with the same command) train and write nothing
     if writer:
-        if out.exists() and any(out.iterdir()) and not resume:
-            raise ConfigError("results folder exists and is not empty; pass --resume to continue it, or pick --out",
-                              out)
+        check_results_folder(out, resume)
         make_dir(out)
         atomic_write_text(out / C.RUN_CONFIG, cfg.to_yaml())
-
     cache = ensure_cache(cfg.data)
-    patients = cache_patients(cache)
-    p = cfg.protocol
-    splits = make_splits(p.name, patients, train=p.train, test=p.test, folds=p.folds, k=p.k,
-                         only_patients=p.patients)
-    splits = [with_validation_sections(s, cfg.train.val, patients) for s in splits]
-
-    metric_rows: list[dict[str, Any]] = []
-    gene_frames: list[pd.DataFrame] = []
-    curves: dict[str, pd.DataFrame] = {}
-    timings: list[dict[str, Any]] = []
-    panels: dict[str, list[str]] = {}
-    map_inputs: list[tuple[Any, str, dict[str, np.ndarray]]] = []
+    splits = _make_splits(cfg, cache)
+    got = _Collected()
     for split in splits:
-        data = load_split(cache, split, cfg.data, cfg.train.val, seed=cfg.train.seed)
-        panels[split.name] = data.panel
-        split_preds: dict[str, dict[str, np.ndarray]] = {s: {} for s in split.test}
-        by_factor: dict[float, Any] = {}
-        for m in models:
-            factor = (region_factors or {}).get(m.display)
-            mdata = data
-            if factor is not None:  # same panel and labels (training sections decide them); other region crop
-                if factor not in by_factor:
-                    by_factor[factor] = load_split(cache, split, cfg.data, cfg.train.val, seed=cfg.train.seed,
-                                                   region_factor=factor)
-                mdata = by_factor[factor]
-            mdir = out / "runs" / split.name / m.display
-            done = mdir / DONE_FILE
-            if resume and done.exists():
-                if not writer:
-                    continue
-                variant_preds = _split_variants(_load_predictions(mdir / PRED_FILE))
-                info = json.loads(done.read_text())
-                stale = [s for s in split.test
-                         if np.shape(variant_preds[""].get(s)) != (len(data.rows[s]), len(data.panel))]
-                if stale:
-                    raise ConfigError(f"cannot resume: these predictions of {stale[0]} were made with another config "
-                                      "(gene panel or spots); use the original config or a new --out",
-                                      mdir / PRED_FILE)
-            else:
-                print(f"[hifusion] {split.name}: fitting {m.display} on {', '.join(split.train)}", file=sys.stderr)
-                fitted = _fit_members(m, cfg.train_for(m), mdata, mdir, resume, variants)
-                if fitted is None:
-                    continue  # a non-zero rank: predictions, files and scores are rank 0's job
-                variant_preds, info = fitted
-                _save_predictions(mdir / PRED_FILE, _join_variants(variant_preds))
-                atomic_write_text(done, json.dumps(info, indent=2))
-            if (mdir / C.RUN_METRICS).exists():
-                curves[f"{m.display} ({split.name})"] = pd.read_csv(mdir / C.RUN_METRICS)
-            timings.append({"model": m.display, "split": split.name, "seconds": info.get("seconds")})
-            for vname, preds in variant_preds.items():
-                label = m.display if not vname else f"{m.display} [{vname}]"
-                for s in split.test:
-                    _score(out, data, split.name, s, label, preds[s], metric_rows, gene_frames)
-                    if not vname:
-                        split_preds[s][label] = preds[s]
-        for s in split.test:
-            map_inputs.append((data, s, split_preds[s]))
-
-    metrics = pd.DataFrame(metric_rows)
-    per_gene = pd.concat(gene_frames, ignore_index=True) if gene_frames else pd.DataFrame()
+        _run_split(cfg, cache, out, split, models, resume, writer, region_factors, got)
+    metrics = pd.DataFrame(got.metric_rows)
+    per_gene = pd.concat(got.gene_frames, ignore_index=True) if got.gene_frames else pd.DataFrame()
     if not writer:
         return BenchmarkResult(out=out, metrics=metrics, per_gene=per_gene, report=None,
                                seconds=time.perf_counter() - t0)
     from hifusion.evaluate.report import write_report, write_tables
 
     write_tables(out, metrics, per_gene)
-    fig_paths: dict[str, list[Path]] = {}
-    if figures:
-        fig_paths = _figures(out, map_inputs, curves)
+    fig_paths = _figures(out, got.map_inputs, got.curves) if figures else {}
     reference = next((m.display for m in models if m.name == "hifusion"), models[0].display)
     seconds = time.perf_counter() - t0
-    run_meta = {
-        "title": title,
-        "command": command or " ".join(sys.argv),
-        "config": cfg.model_dump(mode="json"),
-        "protocol": p.name,
-        "splits": [{"name": s.name, "train": s.train, "val": s.val, "test": s.test} for s in splits],
-        "gene_panels": panels,
-        "label_transform": cfg.data.label,
-        "seeds": {"train": cfg.train.seed},
-        "models": [m.model_dump(mode="json") for m in models],
-        "timings": timings,
-        **({"region_factors": region_factors} if region_factors else {}),
-        "seconds": seconds,
-        "package_version": __version__,
-        "git_commit": git_commit(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
+    run_meta = _run_meta(cfg, models, splits, got, title=title, command=command, region_factors=region_factors,
+                         seconds=seconds)
     atomic_write_text(out / "run.json", json.dumps(run_meta, indent=2, default=str))
     report = write_report(out, metrics, per_gene, reference=reference, figures=fig_paths, meta=run_meta)
     return BenchmarkResult(out=out, metrics=metrics, per_gene=per_gene, report=report, seconds=seconds)
@@ -296,7 +325,7 @@ def run_benchmark(
 
 def _figures(out: Path, map_inputs: list[tuple[Any, str, dict[str, np.ndarray]]],
              curves: dict[str, pd.DataFrame]) -> dict[str, list[Path]]:
-    from hifusion.evaluate.plots import plot_marker_maps, plot_training_curves
+    from hifusion.plots import plot_marker_maps, plot_training_curves
 
     figs: dict[str, list[Path]] = {"maps": [], "curves": []}
     fig_dir = out / "figures"

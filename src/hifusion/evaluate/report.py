@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from hifusion import metrics as M
 from hifusion.constants import MARKER_GENES, PER_GENE_CSV, REPORT_MD, RUN_METRICS
-from hifusion.evaluate import metrics as M
-from hifusion.evaluate.stats import MIN_SECTIONS, compare_models
 from hifusion.io import atomic_write_text
+from hifusion.stats import MIN_SECTIONS, compare_models
 
 METRIC_COLUMNS = ("model", "split", "section", "metric", "value")
 PER_GENE_COLUMNS = ("model", "split", "section", "gene", "pcc", "mse", "mae")

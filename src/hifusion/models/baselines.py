@@ -11,9 +11,8 @@ from torch import Tensor, nn
 
 from hifusion.errors import ConfigError, InputError
 from hifusion.models.encoders import create_encoder
-from hifusion.models.outputs import ModelOutput
+from hifusion.models.layers import ModelOutput, set_head_bias
 from hifusion.models.registry import register_model
-from hifusion.models.spatial import set_head_bias
 
 __all__ = ["MeanProfile", "STNet"]
 

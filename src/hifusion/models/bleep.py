@@ -25,10 +25,10 @@ from torch import Tensor, nn
 
 from hifusion.errors import ConfigError, InputError
 from hifusion.models.encoders import create_encoder
-from hifusion.models.outputs import ModelOutput
+from hifusion.models.layers import ModelOutput
 from hifusion.models.registry import register_model
 
-__all__ = ["BLEEP", "BLEEPOutput", "ProjectionHead", "bleep_contrastive_loss"]
+__all__ = ["BLEEP", "BLEEPOutput", "ProjectionHead"]
 
 
 @dataclass
@@ -51,15 +51,6 @@ class ProjectionHead(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         p = self.proj(x)
         return self.norm(p + self.drop(self.fc(F.gelu(p))))
-
-
-def bleep_contrastive_loss(image: Tensor, expr: Tensor, temperature: float) -> Tensor:
-    """CLIP loss with BLEEP's soft targets (symmetric cross-entropy over the batch)."""
-    logits = expr @ image.T / temperature
-    targets = torch.softmax((image @ image.T + expr @ expr.T) / 2 * temperature, dim=-1)
-    expr_loss = -(targets * F.log_softmax(logits, dim=-1)).sum(1)
-    image_loss = -(targets.T * F.log_softmax(logits.T, dim=-1)).sum(1)
-    return ((expr_loss + image_loss) / 2).mean()
 
 
 @register_model("bleep")

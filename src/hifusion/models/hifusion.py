@@ -19,11 +19,10 @@ from torch import Tensor, nn
 
 from hifusion.errors import ConfigError
 from hifusion.models.encoders import Encoder, create_encoder
-from hifusion.models.outputs import ModelOutput
+from hifusion.models.layers import ModelOutput, set_head_bias
 from hifusion.models.registry import register_model
-from hifusion.models.spatial import set_head_bias
 
-__all__ = ["HiFusion", "HiFusionOutput", "check_levels", "hifusion_loss"]
+__all__ = ["HiFusion", "HiFusionOutput", "check_levels"]
 
 
 @dataclass
@@ -200,24 +199,3 @@ class HiFusion(nn.Module):
             attended, _ = self.attn(region_token, spot_tokens, spot_tokens, need_weights=False)
             pred = self.head(self.norm(attended + region_token).squeeze(1))
         return HiFusionOutput(pred=pred, level_preds=level_preds, level_maps=maps)
-
-
-def hifusion_loss(
-    output: HiFusionOutput, target: Tensor, align_weight: float = 0.5, use_alignment: bool = True
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """MSE(final) + mean over levels of MSE(level) + align_weight * sum over finer levels of mean |map_1 - map_k|.
-
-    Computed in float32 so it is safe under autocast. The alignment term has no detach: it pulls every level.
-    Returns (total, parts) with parts 'final_mse', 'level_mse' and, when used, 'align'.
-    """
-    target = target.float()
-    final_mse = F.mse_loss(output.pred.float(), target)
-    level_mse = torch.stack([F.mse_loss(p.float(), target) for p in output.level_preds]).mean()
-    parts = {"final_mse": final_mse, "level_mse": level_mse}
-    total = final_mse + level_mse
-    if use_alignment and len(output.level_maps) > 1:
-        ref = output.level_maps[0].float()
-        align = torch.stack([(ref - m.float()).abs().mean() for m in output.level_maps[1:]]).sum()
-        parts["align"] = align
-        total = total + align_weight * align
-    return total, parts

@@ -25,12 +25,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hifusion.errors import ConfigError
-from hifusion.models.histogene import transformer
-from hifusion.models.outputs import ModelOutput
+from hifusion.models.layers import ModelOutput, set_head_bias, transformer
 from hifusion.models.registry import register_model
-from hifusion.models.spatial import PositionEmbedding, knn_adjacency, resize_patches, set_head_bias
+from hifusion.models.spatial import PositionEmbedding, knn_adjacency, resize_patches
 
-__all__ = ["Hist2ST", "Hist2STOutput", "zinb_nll"]
+__all__ = ["Hist2ST", "Hist2STOutput"]
 
 
 @dataclass
@@ -39,17 +38,6 @@ class Hist2STOutput(ModelOutput):
 
     zinb: tuple[Tensor, Tensor, Tensor] | None = None
     views: list[Tensor] | None = None
-
-
-def zinb_nll(y: Tensor, mean: Tensor, disp: Tensor, pi: Tensor, eps: float = 1e-8) -> Tensor:
-    """Mean negative log-likelihood of a zero-inflated negative binomial (continuous in y via lgamma)."""
-    y = y.clamp_min(0)
-    t1 = torch.lgamma(disp + eps) + torch.lgamma(y + 1.0) - torch.lgamma(y + disp + eps)
-    t2 = (disp + y) * torch.log1p(mean / (disp + eps)) + y * (torch.log(disp + eps) - torch.log(mean + eps))
-    nb = t1 + t2 - torch.log(1.0 - pi + eps)
-    zero_nb = torch.pow(disp / (disp + mean + eps), disp)
-    zero = -torch.log(pi + (1.0 - pi) * zero_nb + eps)
-    return torch.where(y < 1e-8, zero, nb).mean()
 
 
 def _d4(x: Tensor, g: torch.Generator | None = None) -> Tensor:

@@ -13,20 +13,13 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from hifusion.errors import ConfigError
-from hifusion.models.outputs import ModelOutput
+from hifusion.models.layers import ModelOutput, set_head_bias, transformer
 from hifusion.models.registry import register_model
-from hifusion.models.spatial import PositionEmbedding, resize_patches, set_head_bias
+from hifusion.models.spatial import PositionEmbedding, resize_patches
 
-__all__ = ["HisToGene", "transformer"]
+__all__ = ["HisToGene"]
 
 
-def transformer(dim: int, depth: int, heads: int, mlp_dim: int, dropout: float) -> nn.TransformerEncoder:
-    """Pre-norm ViT encoder blocks (GELU MLP), batch-first."""
-    if dim % heads:
-        raise ConfigError(f"dim ({dim}) must be divisible by heads ({heads})")
-    layer = nn.TransformerEncoderLayer(dim, heads, mlp_dim, dropout, activation="gelu", batch_first=True,
-                                       norm_first=True)
-    return nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
 
 
 @register_model("histogene")

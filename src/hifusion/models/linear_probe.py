@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from hifusion.errors import ConfigError, InputError
 from hifusion.models.encoders import create_encoder
-from hifusion.models.outputs import ModelOutput
+from hifusion.models.layers import ModelOutput
 from hifusion.models.registry import register_model
 
 __all__ = ["LinearProbe"]

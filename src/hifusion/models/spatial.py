@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["PositionEmbedding", "grid_neighbours", "set_head_bias", "knn_adjacency", "resize_patches"]
+__all__ = ["PositionEmbedding", "grid_neighbours", "knn_adjacency", "resize_patches"]
 
 
 def resize_patches(x: Tensor, side: int) -> Tensor:
@@ -23,12 +23,6 @@ def resize_patches(x: Tensor, side: int) -> Tensor:
     return F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
 
 
-def set_head_bias(heads: list[nn.Linear], mean: Tensor) -> None:
-    """Start gene heads at the training mean: whole-section models take one step per section per epoch, too few
-    for Adam to move a zero bias to the label level (e.g. log proportions near -7) within a CPU budget."""
-    with torch.no_grad():
-        for h in heads:
-            h.bias.copy_(torch.as_tensor(mean, dtype=h.bias.dtype))
 
 
 class PositionEmbedding(nn.Module):

@@ -14,7 +14,7 @@ here both reuse the target encoder's pooled spot features, detached (``detach_co
 inputs to those branches, which needs one encoder pass per spot instead of three.
 Fusion: target tokens query the neighbour tokens and the spot's global token (two cross-attentions), residual,
 LayerNorm, mean over tokens, linear head -> the prediction. Loss ``triplex`` (weights documented in
-``train.losses.triplex_objective``): MSE(fused) + sum over the three branch heads of ``branch_weight`` x
+``models.losses.triplex_objective``): MSE(fused) + sum over the three branch heads of ``branch_weight`` x
 [(1 - alpha) MSE(branch, y) + alpha MSE(branch, fused.detach())], branch_weight 1/3 and alpha 0.3 by default.
 Memory: one section per step; the ResNet-18 activations of N spots dominate (at 224 px about 25 MB per spot for
 training, so ~4.5 GB for 180 spots; 4x less at 112 px). CPU profile (configs): dim 128, depths 1, 112 px.
@@ -31,10 +31,9 @@ from torch import Tensor, nn
 
 from hifusion.errors import ConfigError
 from hifusion.models.encoders import create_encoder
-from hifusion.models.histogene import transformer
-from hifusion.models.outputs import ModelOutput
+from hifusion.models.layers import ModelOutput, set_head_bias, transformer
 from hifusion.models.registry import register_model
-from hifusion.models.spatial import PositionEmbedding, grid_neighbours, set_head_bias
+from hifusion.models.spatial import PositionEmbedding, grid_neighbours
 
 __all__ = ["Triplex", "TriplexOutput"]
 

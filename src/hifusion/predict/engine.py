@@ -1,8 +1,9 @@
 """Whole-slide inference: checkpoint + slide -> predicted expression at virtual (or given) spots, maps and files.
 
 The checkpoint is self-describing (model, panel, label transform, patch scale, normalisation), so a slide and its
-microns per pixel are all prediction needs. Patches are cut with the same function as `prepare` and preprocessed by
-the training module's own `preprocess`, so a spot predicted here and the same spot in the patch cache agree.
+microns per pixel are all prediction needs. Patches are cut with the same function as `prepare` and run through
+`hifusion.inference` (the preprocessing and inference loop training uses), so a spot predicted here and the same
+spot in the patch cache agree. Nothing here imports training code or Lightning.
 """
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ import torch
 from hifusion import __version__
 from hifusion import constants as C
 from hifusion.errors import CheckpointError, ConfigError, InputError
+from hifusion.inference import Predictor, calibration_key, predict_loader
 from hifusion.predict import outputs
 from hifusion.predict.slide import PatchStream, Slide, open_slide
 from hifusion.predict.tissue import DEFAULT_MIN_FRACTION, default_pitch_um, detect_tissue, spot_grid, tissue_fraction
+from hifusion.preprocess import centre_on
+from hifusion.stain import lab_stats
 
 GRID_KINDS = ("hex", "square")
 CALIBRATE = ("none", "centre", "shrink", "auto")
@@ -56,17 +60,15 @@ def check_meta(meta: dict[str, Any], path: Path) -> dict[str, Any]:
 
 
 def load_predictor(checkpoint: str | Path, device: str = "auto") -> tuple[Any, dict[str, Any]]:
-    """(ExpressionModule in eval mode on the device, metadata) from a training checkpoint."""
-    from hifusion.config import TrainConfig
-    from hifusion.train.checkpoint import load_checkpoint
-    from hifusion.train.module import ExpressionModule
+    """(`inference.Predictor` in eval mode on the device, metadata) from a training checkpoint."""
+    from hifusion.models.loading import load_checkpoint
 
     path = Path(checkpoint)
     model, meta = load_checkpoint(path)
     if getattr(model, "input_kind", "spot_region") != "spot_region":
         raise CheckpointError(f"model '{meta['model'].get('name')}' does not predict from image patches", path)
     check_meta(meta, path)
-    module = ExpressionModule(model, TrainConfig(), meta)
+    module = Predictor(model, meta)
     module.checkpoint_path = path  # where calibration files beside it are looked up
     module.to(resolve_device(device)).eval()
     return module, meta
@@ -163,10 +165,6 @@ def predict_coords(
     and `adabn` read up to `adapt_spots` of its spots first; `tta` averages the 8 D4 views; `calibrate='centre'`
     sets each gene's slide mean to the training mean stored in the checkpoint.
     """
-    from hifusion.preprocess import centre_on
-    from hifusion.stain import lab_stats
-    from hifusion.train.fit import predict_loader
-
     meta = module.meta
     device = next(module.parameters()).device
     if workers is None:
@@ -204,8 +202,6 @@ def _has_shrink(module: Any, adabn: bool, tta: bool) -> bool:
 
 def shrink_for(module: Any, adabn: bool, tta: bool) -> float:
     """The shrink factor the benchmark fitted on validation spots for this checkpoint and these test-time options."""
-    from hifusion.train.fit import calibration_key
-
     ckpt = getattr(module, "checkpoint_path", None)
     path = None if ckpt is None else Path(ckpt).parent / C.CALIBRATION_JSON
     key = calibration_key(adabn, tta)
@@ -218,6 +214,30 @@ def shrink_for(module: Any, adabn: bool, tta: bool) -> float:
                               "the checkpoint (written by a benchmark with that calibration); use 'centre'",
                               ckpt)
     return float(factor)
+
+
+def _check_options(grid: str, pitch_um: float | None, batch_size: int, calibrate: str) -> None:
+    if grid not in GRID_KINDS:
+        raise ConfigError(f"grid must be one of {GRID_KINDS}, got '{grid}'")
+    if pitch_um is not None and not pitch_um > 0:
+        raise ConfigError(f"pitch must be positive, got {pitch_um} um")
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be positive, got {batch_size}")
+    if calibrate not in CALIBRATE:
+        raise ConfigError(f"calibrate must be one of {CALIBRATE}, got '{calibrate}'")
+
+
+def _grid_spots(s: Slide, mask: np.ndarray, scalef: float, fov_px: float, pitch: float, grid: str,
+                min_tissue: float, slide_path: Path) -> tuple[np.ndarray, list[str], dict[str, np.ndarray]]:
+    """Virtual spots every `pitch` um over the tissue: (level-0 centres, barcodes 'colxrow', obs columns)."""
+    coords, idx, frac = spot_grid(mask, scalef, pitch / s.mpp, grid, diameter_px=fov_px, min_fraction=min_tissue,
+                                  image_size=s.size, return_index=True)
+    if not len(coords):
+        found = "no tissue found" if not mask.any() else f"no grid spot is >= {min_tissue:.0%} tissue"
+        raise InputError(f"{found} on the slide thumbnail (white/black background and pen marks excluded; "
+                         f"pitch {pitch:g} um)", slide_path)
+    barcodes = [f"{c}x{r}" for c, r in idx]
+    return coords, barcodes, {C.OBS_ARRAY_X: idx[:, 0], C.OBS_ARRAY_Y: idx[:, 1], "tissue_fraction": frac}
 
 
 def predict_slide(
@@ -249,14 +269,7 @@ def predict_slide(
     coarsest level at least as fine as the patch scale). Returns the output folder.
     """
     checkpoint, slide_path, out = Path(checkpoint), Path(slide), Path(out)
-    if grid not in GRID_KINDS:
-        raise ConfigError(f"grid must be one of {GRID_KINDS}, got '{grid}'")
-    if pitch_um is not None and not pitch_um > 0:
-        raise ConfigError(f"pitch must be positive, got {pitch_um} um")
-    if batch_size < 1:
-        raise ConfigError(f"batch size must be positive, got {batch_size}")
-    if calibrate not in CALIBRATE:
-        raise ConfigError(f"calibrate must be one of {CALIBRATE}, got '{calibrate}'")
+    _check_options(grid, pitch_um, batch_size, calibrate)
     module, meta = load_predictor(checkpoint, device)
     m = check_meta(meta, checkpoint)
     panel = m["panel"]
@@ -272,21 +285,13 @@ def predict_slide(
         scalef = thumb.shape[1] / width
         fov_px = m["spot_px"] * m["pixel_size"] / s.mpp  # spot field of view, level-0 pixels
         mask = detect_tissue(thumb, min_object_px=max(4, int(np.pi * (fov_px * scalef / 2) ** 2)))
-        obs: dict[str, np.ndarray] = {}
-        pitch = None
         if spots is not None:
             coords, barcodes = read_spots(spots, s.size)
-            obs["tissue_fraction"] = tissue_fraction(mask, scalef, coords, fov_px)
+            obs: dict[str, np.ndarray] = {"tissue_fraction": tissue_fraction(mask, scalef, coords, fov_px)}
+            pitch = None
         else:
             pitch = float(pitch_um) if pitch_um is not None else default_pitch_um(m["pixel_size"], m["spot_px"])
-            coords, idx, frac = spot_grid(mask, scalef, pitch / s.mpp, grid, diameter_px=fov_px,
-                                          min_fraction=min_tissue, image_size=s.size, return_index=True)
-            if not len(coords):
-                found = "no tissue found" if not mask.any() else f"no grid spot is >= {min_tissue:.0%} tissue"
-                raise InputError(f"{found} on the slide thumbnail (white/black background and pen marks excluded; "
-                                 f"pitch {pitch:g} um)", slide_path)
-            barcodes = [f"{c}x{r}" for c, r in idx]
-            obs[C.OBS_ARRAY_X], obs[C.OBS_ARRAY_Y], obs["tissue_fraction"] = idx[:, 0], idx[:, 1], frac
+            coords, barcodes, obs = _grid_spots(s, mask, scalef, fov_px, pitch, grid, min_tissue, slide_path)
         stream = PatchStream(s, m["pixel_size"], m["spot_px"], m["region_px"], batch_size)
         obs[C.OBS_AT_BORDER] = stream.at_border(coords)
         pred = predict_coords(module, s, coords, batch_size=batch_size, workers=workers, progress=progress,

@@ -94,12 +94,12 @@ def write_maps(
     spot_diameter_px: float,
     label: str,
 ) -> dict[str, Path]:
-    """One PNG per gene over the thumbnail, in the report's map layout (evaluate.plots.plot_spot_maps).
+    """One PNG per gene over the thumbnail, in the report's map layout (`hifusion.plots.plot_spot_maps`).
 
     A virtual spot stands for its field of view (`spot_diameter_px`), but discs are drawn no wider than
     `MAP_SPACING_FRACTION` of the spacing of neighbouring spots, so the H&E stays visible between them.
     """
-    from hifusion.evaluate.plots import SINGLE_MAP_INCH, plot_spot_maps
+    from hifusion.plots import SINGLE_MAP_INCH, plot_spot_maps
 
     col = {g: i for i, g in enumerate(panel)}
     spacing = _spacing(np.asarray(coords, dtype=np.float64))

@@ -1,58 +1,212 @@
-"""Fitters of the baseline model kinds (registered into `train.fit` by importing this module).
+"""The registry of fitters, one per model input kind, and the fitters themselves.
 
-- ``section``: whole-section models (HisToGene, Hist2ST, TRIPLEX). Lightning, one batch = every selected spot of
-  one section with its array coordinates; same patches, labels, splits, augmentation, optimiser, schedule,
-  checkpoints and metrics file as the spot models. Validation spots (a spatial block, or whole sections) form their
-  own section-batches, so validation never sees training labels. Test sections are predicted whole.
-- ``features``: frozen-encoder features + closed-form fit (the HEST-style linear probe); writes a checkpoint in
-  the same self-describing format, so it predicts alone.
-- ``retrieval``: spot-level contrastive training (BLEEP) through the ``spot_region`` fitter, after the training
-  labels the prediction retrieves from were stored in the model.
+A model names its kind in `input_kind` (see `models.registry.INPUT_KINDS`); `get_fitter(kind)` returns how to fit
+it, so a new kind registers a fitter here instead of adding branches to `train.fit`.
+
+- ``fit``: closed-form estimators on training labels (the mean profile).
+- ``spot_region``: Lightning on batches of spots (spot and region patches).
+- ``section``: Lightning, one batch = every selected spot of one section with its array coordinates (HisToGene,
+  Hist2ST, TRIPLEX); validation spots form their own section-batches, so validation never sees training labels.
+- ``features``: frozen-encoder features + closed-form fit (the HEST-style linear probe), saved as a checkpoint.
+- ``retrieval``: the training labels are stored in the model, then it trains like a spot model (BLEEP).
 """
 
 from __future__ import annotations
 
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
+from hifusion import __version__
 from hifusion import constants as C
+from hifusion.checkpoint import save_model_checkpoint
 from hifusion.config import ModelConfig, TrainConfig
-from hifusion.data.datasets import EpochSampler, SectionDataset, SpotDataset
+from hifusion.data.datasets import SectionDataset, SpotDataset, patch_mean_std
 from hifusion.data.splitdata import SplitData
 from hifusion.errors import ConfigError
-from hifusion.train.fit import (
-    _FITTERS,
-    FitResult,
-    make_meta,
-    normalisation_for,
-    register_fitter,
-    resolve_workers,
-    rows_predictor,
-    run_lightning,
-    stain_list,
-)
+from hifusion.inference import Predictor, predict_loader, predict_rows, predict_section
+from hifusion.train.module import ExpressionModule, SectionModule
+from hifusion.train.trainer import ExpressionDataModule, run_lightning, uses_cuda
 
-__all__ = ["predict_section", "save_model_checkpoint"]
+# (section, cache rows, adabn, tta) -> predictions of the fitted model
+RowsPredictor = Callable[[str, np.ndarray, bool, bool], np.ndarray]
 
 
-def save_model_checkpoint(model: torch.nn.Module, meta: dict[str, Any], path: Path) -> Path:
-    """Write weights + metadata in the trainer's checkpoint layout (atomic, with SHA-256), for `load_checkpoint`."""
-    from hifusion.train.checkpoint import AtomicCheckpointIO
-    from hifusion.train.module import CKPT_META_KEY
+@dataclass
+class FitResult:
+    """What the benchmark needs from a fitted model."""
 
-    state = {f"model.{k}": v.detach().cpu() for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    AtomicCheckpointIO().save_checkpoint({"state_dict": state, CKPT_META_KEY: meta, "epoch": 0}, path)
-    return path
+    predictions: dict[str, np.ndarray]  # test section -> (n_spots, G)
+    history: pd.DataFrame | None = None  # per-epoch metrics
+    checkpoint: Path | None = None
+    seconds: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
+    global_rank: int = 0  # in DDP, ranks > 0 return no predictions and must write nothing
+    predict: RowsPredictor | None = None  # None on ranks > 0
 
 
-# ----------------------------------------------------------------------------------------------- whole sections
+Fitter = Callable[[torch.nn.Module, ModelConfig, TrainConfig, SplitData, Path, bool], FitResult]
+_FITTERS: dict[str, Fitter] = {}
+
+
+def register_fitter(kind: str) -> Callable[[Fitter], Fitter]:
+    def deco(fn: Fitter) -> Fitter:
+        _FITTERS[kind] = fn
+        return fn
+
+    return deco
+
+
+def get_fitter(kind: str, model_name: str) -> Fitter:
+    if kind not in _FITTERS:
+        raise ConfigError(f"model '{model_name}' has input kind '{kind}' that no fitter handles")
+    return _FITTERS[kind]
+
+
+# ------------------------------------------------------------------------------------------- checkpoint metadata
+def stain_for(data: SplitData) -> dict[str, Any]:
+    """The run's stain options and, for normalisation, the training reference (pooled training sections' LAB
+    statistics, weighted by spots): stored in the checkpoint so that `predict` applies the same mapping."""
+    from hifusion.stain import pool_stats, stain_meta
+
+    st = data.stain
+    if st is None:
+        return stain_meta(None, "none", None)
+    ref = None
+    if st.normalise != "none":
+        ref = pool_stats((data.stain_source(s), len(data.rows[s])) for s in _nonempty(data.train_rows))
+    return stain_meta(st.augment.model_dump(), st.normalise, ref)
+
+
+def make_meta(model_cfg: ModelConfig, data: SplitData, norm: dict[str, Any]) -> dict[str, Any]:
+    """Everything prediction needs besides the weights; primitives only so `weights_only=True` loads it."""
+    return {
+        "stain": stain_for(data),
+        "train_mean": [float(x) for x in data.train_labels().mean(0)],  # the level `calibrate: centre` restores
+        "version": __version__,
+        "model": {"name": model_cfg.name, "options": json.loads(json.dumps(model_cfg.options))},
+        "panel": list(data.panel),
+        "label": data.label,
+        "patch": {"pixel_size": float(data.pixel_size), "spot_px": int(data.spot_px),
+                  "region_px": int(data.region_px)},
+        "normalisation": norm,
+        "train_sections": list(data.train_sections),
+    }
+
+
+def normalisation_for(model_cfg: ModelConfig, data: SplitData) -> dict[str, Any]:
+    """The run's patch normalisation: per patch (the paper), or statistics of the training patches."""
+    if model_cfg.options.get("normalise", None) is not None:
+        raise ConfigError("set the normalisation under data.normalise, not model options")
+    if data.normalise == "dataset":
+        if data.norm_stats is None:  # every model of a split shares the same training patches: read them once
+            train_secs = _nonempty(data.train_rows)
+            mean, std = patch_mean_std([data.patches[s] for s in train_secs],
+                                       [data.train_rows[s] for s in train_secs], data.spot_px)
+            data.norm_stats = {"mode": "dataset", "mean": mean, "std": std}
+        return dict(data.norm_stats)
+    return {"mode": "patch"}
+
+
+def _nonempty(rows: dict[str, np.ndarray]) -> list[str]:
+    return [s for s in rows if len(rows[s])]
+
+
+def stain_list(data: SplitData, sections: list[str]) -> list[np.ndarray] | None:
+    """Per-section stain statistics for a dataset over `sections` (None when normalisation is off)."""
+    stats = [data.stain_source(s) for s in sections]
+    return None if any(x is None for x in stats) else stats  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------------------------------- predictors
+def rows_predictor(module: Any, data: SplitData, batch_size: int) -> RowsPredictor:
+    """(section, rows, adabn, tta) -> predictions of a spot-level module on cache rows."""
+
+    def predict(section: str, rows: np.ndarray, adabn: bool = False, tta: bool = False) -> np.ndarray:
+        return predict_rows(module, data.patches[section], rows, data.spot_px, data.region_px, batch_size=batch_size,
+                            stain_src=data.stain_source(section), adabn=adabn, tta=tta)
+
+    return predict
+
+
+def section_predictor(module: Any, data: SplitData) -> RowsPredictor:
+    """(section, rows, adabn, tta) -> predictions of a whole-section module, the rows in one pass."""
+
+    def predict(section: str, rows: np.ndarray, adabn: bool = False, tta: bool = False) -> np.ndarray:
+        return predict_section(module, data.patches[section], rows, data.array_coords(section, rows), data.spot_px,
+                               data.region_px, stain_src=data.stain_source(section), adabn=adabn, tta=tta)
+
+    return predict
+
+
+# ------------------------------------------------------------------------------------------------ closed form
+@register_fitter("fit")
+def _fit_closed_form(model: torch.nn.Module, model_cfg: ModelConfig, train_cfg: TrainConfig, data: SplitData,
+                     run_dir: Path, resume: bool) -> FitResult:
+    """Estimators fitted in one pass on training labels (and, where they ask for it, training patches)."""
+    model.fit(data.train_labels())
+
+    def predict(section: str, rows: np.ndarray, adabn: bool = False, tta: bool = False) -> np.ndarray:
+        return np.asarray(model.predict(len(rows)), dtype=np.float32)
+
+    preds = {s: predict(s, data.rows[s]) for s in data.test_sections}
+    return FitResult(predictions=preds, predict=predict, info={"test_time": False})  # no image: nothing to adapt
+
+
+# ------------------------------------------------------------------------------------------ Lightning training
+def _fit_lightning(model: torch.nn.Module, model_cfg: ModelConfig, cfg: TrainConfig, data: SplitData, run_dir: Path,
+                   resume: bool, *, datasets: tuple[Any, Any | None], batch_size: int | None, head_level: torch.Tensor,
+                   module_cls: type[ExpressionModule], predictor: Callable[[Any], RowsPredictor]) -> FitResult:
+    """The Lightning path every trained kind shares: metadata, gene-head start, `run_lightning`, test predictions."""
+    train_ds, val_ds = datasets
+    meta = make_meta(model_cfg, data, normalisation_for(model_cfg, data))
+    init_bias = getattr(model, "init_output_bias", None)
+    if callable(init_bias):  # gene heads start at the mean training label (training spots only)
+        init_bias(head_level)
+    module = module_cls(model, cfg, meta)
+    steps = len(train_ds) if batch_size is None else math.ceil(len(train_ds) / batch_size)
+    trainer, chosen, history = run_lightning(module, ExpressionDataModule(train_ds, val_ds, cfg, batch_size), cfg,
+                                             run_dir, has_val=val_ds is not None, steps_per_epoch=steps, resume=resume)
+    preds, predict = {}, None
+    if trainer.is_global_zero:
+        predict = predictor(module)
+        preds = {s: predict(s, data.rows[s]) for s in data.test_sections}
+    return FitResult(predictions=preds, history=history, checkpoint=chosen,
+                     info={"checkpoint_used": chosen.name, "epochs_run": int(trainer.current_epoch)},
+                     global_rank=int(trainer.global_rank), predict=predict)
+
+
+def _spot_dataset(data: SplitData, rows: dict[str, np.ndarray], **kw: Any) -> SpotDataset | None:
+    secs = _nonempty(rows)
+    if not secs:
+        return None
+    return SpotDataset([data.patches[s] for s in secs], [rows[s] for s in secs],
+                       [data.label_rows(s, rows[s]) for s in secs], spot_px=data.spot_px, region_px=data.region_px,
+                       stain_stats=stain_list(data, secs), **kw)
+
+
+@register_fitter("spot_region")
+def _fit_spot_model(model: torch.nn.Module, model_cfg: ModelConfig, cfg: TrainConfig, data: SplitData,
+                    run_dir: Path, resume: bool) -> FitResult:
+    train_ds = _spot_dataset(data, data.train_rows, augment=cfg.augment, seed=cfg.seed)
+    if train_ds is None:
+        raise ConfigError(f"split {data.split.name}: no training spots")
+    return _fit_lightning(model, model_cfg, cfg, data, run_dir, resume,
+                          datasets=(train_ds, _spot_dataset(data, data.val_rows)), batch_size=cfg.batch_size,
+                          head_level=torch.from_numpy(train_ds.labels.mean(0)), module_cls=ExpressionModule,
+                          predictor=lambda m: rows_predictor(m, data, max(cfg.batch_size, 32)))
+
+
 def _section_dataset(data: SplitData, rows: dict[str, np.ndarray], with_labels: bool, with_region: bool,
                      augment: bool = False, seed: int = 0) -> SectionDataset | None:
-    secs = [s for s in rows if len(rows[s])]
+    secs = _nonempty(rows)
     if not secs:
         return None
     return SectionDataset(
@@ -65,121 +219,48 @@ def _section_dataset(data: SplitData, rows: dict[str, np.ndarray], with_labels: 
     )
 
 
-def _section_datamodule(train_ds: SectionDataset, val_ds: SectionDataset | None, cfg: TrainConfig) -> Any:
-    import lightning as L
-
-    workers = resolve_workers(cfg)
-
-    def loader(ds: SectionDataset, shuffle: bool, rank: int, world: int) -> torch.utils.data.DataLoader:
-        sampler = EpochSampler(len(ds), shuffle=shuffle, seed=cfg.seed, rank=rank, world_size=world)
-        return torch.utils.data.DataLoader(ds, batch_size=None, sampler=sampler, num_workers=min(workers, len(ds)),
-                                           pin_memory=torch.cuda.is_available(), persistent_workers=False)
-
-    class SectionDataModule(L.LightningDataModule):
-        def train_dataloader(self) -> Any:
-            return loader(train_ds, True, self.trainer.global_rank, self.trainer.world_size)
-
-        def val_dataloader(self) -> Any:
-            if val_ds is None:
-                return []
-            return loader(val_ds, False, self.trainer.global_rank, self.trainer.world_size)
-
-    return SectionDataModule()
-
-
 @register_fitter("section")
 def _fit_section_model(model: torch.nn.Module, model_cfg: ModelConfig, cfg: TrainConfig, data: SplitData,
                        run_dir: Path, resume: bool) -> FitResult:
-    from hifusion.train.module import SectionModule
-
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     with_region = bool(getattr(model, "uses_region", True))
     train_ds = _section_dataset(data, data.train_rows, True, with_region, augment=cfg.augment, seed=cfg.seed)
     if train_ds is None:
         raise ConfigError(f"split {data.split.name}: no training spots")
     val_ds = _section_dataset(data, data.val_rows, True, with_region)
-    meta = make_meta(model_cfg, data, normalisation_for(model_cfg, data))
-    init_bias = getattr(model, "init_output_bias", None)
-    if callable(init_bias):  # gene heads start at the mean training label (training spots only), as spot models do
-        init_bias(torch.as_tensor(data.train_labels().mean(0), dtype=torch.float32))
-    module = SectionModule(model, cfg, meta)
-    trainer, chosen, history = run_lightning(module, _section_datamodule(train_ds, val_ds, cfg), cfg, run_dir,
-                                             has_val=val_ds is not None, steps_per_epoch=len(train_ds),
-                                             resume=resume)
-    preds, predict = {}, None
-    if trainer.is_global_zero:
-
-        def predict(section: str, rows: np.ndarray, adabn: bool = False, tta: bool = False) -> np.ndarray:
-            return predict_section(module, data.patches[section], rows, data.array_coords(section, rows),
-                                   data.spot_px, data.region_px, stain_src=data.stain_source(section),
-                                   adabn=adabn, tta=tta)
-
-        preds = {s: predict(s, data.rows[s]) for s in data.test_sections}
-    return FitResult(predictions=preds, history=history, checkpoint=chosen,
-                     info={"checkpoint_used": chosen.name, "epochs_run": int(trainer.current_epoch)},
-                     global_rank=int(trainer.global_rank), predict=predict)
+    level = torch.as_tensor(data.train_labels().mean(0), dtype=torch.float32)
+    return _fit_lightning(model, model_cfg, cfg, data, run_dir, resume, datasets=(train_ds, val_ds),
+                          batch_size=None, head_level=level, module_cls=SectionModule,
+                          predictor=lambda m: section_predictor(m, data))
 
 
-@torch.no_grad()
-def predict_section(module: Any, patches: Any, rows: np.ndarray, coords: np.ndarray, spot_px: int,
-                    region_px: int, *, stain_src: np.ndarray | None = None, adabn: bool = False,
-                    tta: bool = False) -> np.ndarray:
-    """Predict the given rows of one section in one pass (eval mode, no augmentation): (len(rows), G) float32."""
-    from hifusion.train.fit import predict_loader
-
-    ds = SectionDataset([patches], [rows], [coords], None, spot_px=spot_px, region_px=region_px,
-                        with_region=bool(getattr(module.model, "uses_region", True)),
-                        stain_stats=None if stain_src is None else [stain_src])
-    batch = [ds[0]]
-    return predict_loader(module, batch, adabn_batches=batch if adabn else None, tta=tta)
-
-
-# ------------------------------------------------------------------------------------ frozen features, closed form
-@torch.no_grad()
-def _features(module: Any, data: SplitData, rows: dict[str, np.ndarray], batch_size: int) -> np.ndarray:
-    secs = [s for s in rows if len(rows[s])]
-    ds = SpotDataset([data.patches[s] for s in secs], [rows[s] for s in secs], None, spot_px=data.spot_px,
-                     region_px=data.region_px, stain_stats=stain_list(data, secs))
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
-    device = next(module.parameters()).device
-    out = []
-    for batch in loader:
-        spot, _ = module.preprocess({k: v.to(device) for k, v in batch.items()})  # eval mode: no augmentation
-        with torch.autocast(device.type, enabled=device.type == "cuda"):
-            out.append(module.model.features(spot).float().cpu().numpy())
-    return np.concatenate(out)
-
-
-@register_fitter("features")
-def _fit_features_model(model: torch.nn.Module, model_cfg: ModelConfig, cfg: TrainConfig, data: SplitData,
-                        run_dir: Path, resume: bool) -> FitResult:
-    """Frozen features of the training spot patches (no augmentation) -> `model.fit_features` -> checkpoint."""
-    from hifusion.train.module import ExpressionModule
-
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    train_secs = [s for s in data.train_rows if len(data.train_rows[s])]
-    meta = make_meta(model_cfg, data, normalisation_for(model_cfg, data))
-    module = ExpressionModule(model, cfg, meta)
-    if torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda"):
-        module = module.cuda()
-    module.eval()
-    bs = max(cfg.batch_size, 32)
-    x = _features(module, data, {s: data.train_rows[s] for s in train_secs}, bs)
-    model.fit_features(x, data.train_labels())
-    ckpt = save_model_checkpoint(model, meta, run_dir / C.CKPT_DIR / C.CKPT_LAST)
-    predict = rows_predictor(module, data, bs)
-    preds = {s: predict(s, data.rows[s]) for s in data.test_sections}
-    return FitResult(predictions=preds, checkpoint=ckpt, predict=predict,
-                     info={"checkpoint_used": ckpt.name, "n_features": int(x.shape[1]),
-                           "alpha": float(getattr(model, "alpha_used", float("nan")))})
-
-
-# ------------------------------------------------------------------------------------------------------ retrieval
 @register_fitter("retrieval")
 def _fit_retrieval_model(model: torch.nn.Module, model_cfg: ModelConfig, cfg: TrainConfig, data: SplitData,
                          run_dir: Path, resume: bool) -> FitResult:
     """Store the training labels (training spots only, validation excluded), then train like a spot model."""
     model.set_reference(data.train_labels())
-    return _FITTERS["spot_region"](model, model_cfg, cfg, data, run_dir, resume)
+    return _fit_spot_model(model, model_cfg, cfg, data, run_dir, resume)
+
+
+# ------------------------------------------------------------------------------------ frozen features, closed form
+@register_fitter("features")
+def _fit_features_model(model: torch.nn.Module, model_cfg: ModelConfig, cfg: TrainConfig, data: SplitData,
+                        run_dir: Path, resume: bool) -> FitResult:
+    """Frozen features of the training spot patches (no augmentation) -> `model.fit_features` -> checkpoint."""
+    meta = make_meta(model_cfg, data, normalisation_for(model_cfg, data))
+    predictor = Predictor(model, meta, channels_last=cfg.channels_last)
+    if uses_cuda(cfg):
+        predictor = predictor.cuda()
+    predictor.eval()
+    bs = max(cfg.batch_size, 32)
+    secs = _nonempty(data.train_rows)
+    ds = SpotDataset([data.patches[s] for s in secs], [data.train_rows[s] for s in secs], None, spot_px=data.spot_px,
+                     region_px=data.region_px, stain_stats=stain_list(data, secs))
+    loader = torch.utils.data.DataLoader(ds, batch_size=bs, shuffle=False, num_workers=0)
+    x = predict_loader(predictor, loader, features=True)
+    model.fit_features(x, data.train_labels())
+    ckpt = save_model_checkpoint(model, meta, run_dir / C.CKPT_DIR / C.CKPT_LAST)
+    predict = rows_predictor(predictor, data, bs)
+    preds = {s: predict(s, data.rows[s]) for s in data.test_sections}
+    return FitResult(predictions=preds, checkpoint=ckpt, predict=predict,
+                     info={"checkpoint_used": ckpt.name, "n_features": int(x.shape[1]),
+                           "alpha": float(getattr(model, "alpha_used", float("nan")))})

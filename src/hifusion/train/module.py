@@ -14,19 +14,13 @@ import torch
 from torch import nn
 
 from hifusion.config import TrainConfig
-from hifusion.preprocess import memory_format, normalise_images, preprocess_images, tta_mean
-from hifusion.train.losses import get_loss
+from hifusion.constants import CKPT_META_KEY
+from hifusion.inference import call_model, model_inputs
+from hifusion.metrics import pcc_gene
+from hifusion.models.losses import get_loss
+from hifusion.preprocess import tta_mean
 
-__all__ = ["CKPT_META_KEY", "ExpressionModule", "SectionModule", "memory_format", "normalise_images"]
-
-CKPT_META_KEY = "hifusion"
-
-
-def pcc_gene_torch(pred: torch.Tensor, target: torch.Tensor) -> float:
-    """Mean Pearson r per gene over spots (genes constant in the truth excluded; constant prediction scores 0)."""
-    from hifusion.evaluate.metrics import section_metrics
-
-    return float(section_metrics(pred.double().cpu().numpy(), target.double().cpu().numpy())["pcc_gene"])
+__all__ = ["ExpressionModule", "SectionModule"]
 
 
 class ExpressionModule(L.LightningModule):
@@ -42,23 +36,17 @@ class ExpressionModule(L.LightningModule):
 
     # ---------------------------------------------------------------------------------------------------- helpers
     def preprocess(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """uint8 batch -> model inputs: stain normalisation, colour augmentation (training only), standardisation."""
-        fmt = memory_format(self.cfg.channels_last, batch["spot"].device)
-        region = batch.get("region") if getattr(self.model, "uses_region", True) else None
-        spot, region = preprocess_images([batch["spot"], region], self.meta, source=batch.get("stain_src"),
-                                         augment=self.training and self.cfg.augment, fmt=fmt)
-        return spot, region
+        """uint8 batch -> model inputs (`inference.model_inputs`); colour augmentation only while training."""
+        return model_inputs(self.model, self.meta, batch, augment=self.training and self.cfg.augment,
+                            channels_last=self.cfg.channels_last)
 
-    def forward(self, spot: torch.Tensor, region: torch.Tensor) -> Any:
-        return self.model(spot, region)
-
-    def call_model(self, spot: torch.Tensor, region: torch.Tensor | None, batch: dict[str, torch.Tensor]) -> Any:
-        return self.model(spot, region)
+    def forward(self, spot: torch.Tensor, region: torch.Tensor | None, coords: torch.Tensor | None = None) -> Any:
+        return self.model(spot, region) if coords is None else self.model(spot, region, coords)
 
     def predict_batch(self, batch: dict[str, torch.Tensor], tta: bool = False) -> torch.Tensor:
         """Predictions of a uint8 batch (eval mode expected), averaged over the D4 views when `tta`."""
         spot, region = self.preprocess(batch)
-        return tta_mean(lambda s, r: self.call_model(s, r, batch).pred, spot, region, tta)
+        return tta_mean(lambda s, r: call_model(self.model, s, r, batch).pred, spot, region, tta)
 
     # --------------------------------------------------------------------------------------------------- training
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
@@ -70,7 +58,7 @@ class ExpressionModule(L.LightningModule):
     def run_model(self, batch: dict[str, torch.Tensor]) -> Any:
         """Preprocess a uint8 batch and call the model the way its input kind needs."""
         spot, region = self.preprocess(batch)
-        return self.call_model(spot, region, batch)
+        return call_model(self.model, spot, region, batch)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         out = self.run_model(batch)
@@ -100,7 +88,8 @@ class ExpressionModule(L.LightningModule):
         keep[1:] = idx[1:] != idx[:-1]  # padded duplicates of the distributed sampler
         pred, y = pred[keep], y[keep]
         self.log("val_mse", torch.mean((pred - y) ** 2), sync_dist=False, rank_zero_only=False)
-        self.log("val_pcc_gene", pcc_gene_torch(pred, y), sync_dist=False, rank_zero_only=False)
+        r = pcc_gene(pred.double().cpu().numpy(), y.double().cpu().numpy())  # needs every spot: not per batch
+        self.log("val_pcc_gene", r, sync_dist=False, rank_zero_only=False)
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -115,14 +104,5 @@ class ExpressionModule(L.LightningModule):
 
 
 class SectionModule(ExpressionModule):
-    """Trains whole-section models (input kind ``section``): one batch is every spot of one section.
-
-    The batch carries the array coordinates, which the model receives as ``coords``; the region patch is only
-    normalised and passed when the model uses it (``uses_region``).
-    """
-
-    def forward(self, spot: torch.Tensor, region: torch.Tensor | None, coords: torch.Tensor | None = None) -> Any:
-        return self.model(spot, region, coords)
-
-    def call_model(self, spot: torch.Tensor, region: torch.Tensor | None, batch: dict[str, torch.Tensor]) -> Any:
-        return self.model(spot, region, batch["coords"])
+    """Whole-section models (input kind ``section``): one batch is every spot of one section, with the array
+    coordinates the model receives as ``coords`` (`inference.call_model` dispatches on the model's input kind)."""

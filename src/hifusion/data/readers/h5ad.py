@@ -110,6 +110,51 @@ def _uns_image(adata: ad.AnnData, sf: dict[str, Any] | None, path: Path) -> tupl
     return None
 
 
+def _image_source(image: Path | None, path: Path, adata: Any, sf: dict[str, Any] | None
+                  ) -> tuple[Path, np.ndarray | None, float, str, str | None]:
+    """(image path, image held in the AnnData or None, coordinate scale, kind, description): the image passed, one
+    beside the file (or in wsis/), else the hires/lowres image scanpy keeps in uns['spatial']."""
+    image_path = Path(image) if image else next(iter(_candidates(path, "wsis", IMAGE_SUFFIXES)), None)
+    if image_path is not None:
+        if not image_path.is_file():
+            raise InputError("image not found", image_path)
+        image_scalef, image_kind = image_scale(image_path.name, sf or {}, path)
+        return image_path, None, image_scalef, image_kind, None
+    held = _uns_image(adata, sf, path)
+    if held is None:
+        raise InputError("no image given, none found beside it (or in wsis/) and none in uns['spatial']; "
+                         "pass the image path (--image SECTION=PATH)", path)
+    image_array, image_scalef, image_kind, image_desc = held
+    return path, image_array, image_scalef, image_kind, image_desc
+
+
+def _section_mpp(mpp: float | None, meta_path: Path | None, visium: bool, sf: dict[str, Any] | None, scale: float,
+                 image_path: Path, image_array: np.ndarray | None, section: str, path: Path
+                 ) -> tuple[float, str, dict[str, Any]]:
+    """(um/px of the coordinates, where it came from, HEST metadata): an override, HEST metadata, Visium
+    scalefactors, else the image's own metadata. Never guessed."""
+    if mpp is not None:
+        return float(mpp), "override", {}
+    if meta_path is not None:
+        use_mpp, hest = _hest_mpp(meta_path)
+        return use_mpp / scale, f"HEST metadata {meta_path.name}", hest
+    if visium and sf is not None and "spot_diameter_fullres" in sf:
+        return VISIUM_SPOT_DIAMETER_UM / (float(sf["spot_diameter_fullres"]) * scale), "Visium scalefactors", {}
+    from hifusion.data.image import open_image
+
+    img_mpp = None
+    if image_array is None:
+        with open_image(image_path) as img:
+            img_mpp = img.mpp
+    if img_mpp is None:
+        raise InputError(
+            "um/px unknown: no override, no HEST metadata JSON, and the image records none; "
+            f"pass --mpp {section}=<um/px> (or the metadata JSON)",
+            path,
+        )
+    return img_mpp / scale, "image metadata", {}
+
+
 def read(
     root: Path,
     section: str,
@@ -133,45 +178,12 @@ def read(
     counts = sp.csr_matrix(counts) if sp.issparse(counts) else sp.csr_matrix(np.asarray(counts, dtype=np.float64))
 
     meta_path = Path(metadata) if metadata else next(iter(_candidates(path, "metadata", (".json",))), None)
-    hest = {}
     sf = _scalefactors(adata)
-    image_path = Path(image) if image else next(iter(_candidates(path, "wsis", IMAGE_SUFFIXES)), None)
-    image_array, image_desc, image_kind = None, None, "full-resolution"
-    if image_path is not None:
-        if not image_path.is_file():
-            raise InputError("image not found", image_path)
-        image_scalef, image_kind = image_scale(image_path.name, sf or {}, path)
-    else:
-        held = _uns_image(adata, sf, path)
-        if held is None:
-            raise InputError("no image given, none found beside it (or in wsis/) and none in uns['spatial']; "
-                             "pass the image path (--image SECTION=PATH)", path)
-        image_array, image_scalef, image_kind, image_desc = held
-        image_path = path
+    image_path, image_array, image_scalef, image_kind, image_desc = _image_source(image, path, adata, sf)
     scale = image_scalef if coord_scale is None else float(coord_scale)  # a user's coordinate scale wins
     centers = np.asarray(adata.obsm[OBSM_SPATIAL], dtype=np.float64)[:, :2] * scale
     visium = visium or (sf is not None and VISIUM_FIDUCIAL_DIAMETER in sf)
-    if mpp is not None:
-        use_mpp, source = float(mpp), "override"
-    elif meta_path is not None:
-        use_mpp, hest = _hest_mpp(meta_path)
-        use_mpp, source = use_mpp / scale, f"HEST metadata {meta_path.name}"
-    elif visium and sf is not None and "spot_diameter_fullres" in sf:
-        use_mpp, source = VISIUM_SPOT_DIAMETER_UM / (float(sf["spot_diameter_fullres"]) * scale), "Visium scalefactors"
-    else:
-        from hifusion.data.image import open_image
-
-        img_mpp = None
-        if image_array is None:
-            with open_image(image_path) as img:
-                img_mpp = img.mpp
-        if img_mpp is None:
-            raise InputError(
-                "um/px unknown: no override, no HEST metadata JSON, and the image records none; "
-                f"pass --mpp {section}=<um/px> (or the metadata JSON)",
-                path,
-            )
-        use_mpp, source = img_mpp / scale, "image metadata"
+    use_mpp, source, hest = _section_mpp(mpp, meta_path, visium, sf, scale, image_path, image_array, section, path)
 
     if sf is not None and "spot_diameter_fullres" in sf:
         diameter_px = float(sf["spot_diameter_fullres"]) * scale

@@ -34,7 +34,6 @@ N_GENES = "n_genes"
 N_CONST_GENES = "n_const_genes"
 N_CONST_SPOTS = "n_const_spots"
 SCORE_KEYS = (MSE, MSE_BIAS, MSE_SPATIAL, MAE, PCC_SPOT, PCC_GENE, PCC_GENE_TOP50)
-TOP_VARIABLE_K = 50
 
 
 def _as_pair(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -89,6 +88,12 @@ def pcc_rows(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarra
 def _mean_or_zero(x: np.ndarray) -> float:
     """Mean of the included values; 0.0 when nothing is included (NaN is never reported)."""
     return float(x.mean()) if x.size else 0.0
+
+
+def pcc_gene(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Mean Pearson r per gene over spots, with `section_metrics`' conventions (its ``pcc_gene`` alone)."""
+    r, const = pcc_columns(pred, truth)
+    return _mean_or_zero(r[~const])
 
 
 def section_metrics(
@@ -157,23 +162,3 @@ def per_gene_metrics(pred: np.ndarray, truth: np.ndarray, genes: Sequence[str]) 
             "const_truth": const,
         }
     )
-
-
-def top_variable_genes(train_labels: np.ndarray | Sequence[np.ndarray], k: int = TOP_VARIABLE_K) -> np.ndarray:
-    """Indices of the `k` genes with the largest variance across TRAINING spots (most variable first; ties by index).
-
-    A sequence of per-section label matrices is pooled first. Fewer than `k` genes returns all of them.
-    """
-    if isinstance(train_labels, np.ndarray):
-        y = np.asarray(train_labels, dtype=np.float64)
-    else:
-        y = np.vstack([np.asarray(a, dtype=np.float64) for a in train_labels])
-    if y.ndim != 2 or y.shape[0] == 0:
-        raise ValueError(f"expected non-empty 2-D (spots, genes) training labels, got shape {y.shape}")
-    if not np.isfinite(y).all():
-        raise ValueError("training labels contain NaN or infinite values")
-    if k < 1:
-        raise ValueError(f"k must be positive, got {k}")
-    var = y.var(axis=0)
-    order = np.lexsort((np.arange(var.size), -var))  # last key is primary: variance descending, then index
-    return order[:k].astype(np.int64)

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from hifusion.evaluate.metrics import (
+from hifusion.data.genes import top_variable_genes
+from hifusion.metrics import (
     pcc_columns,
     pcc_rows,
     per_gene_metrics,
     section_metrics,
-    top_variable_genes,
 )
 
 

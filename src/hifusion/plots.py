@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hifusion.evaluate.metrics import pcc_columns
 from hifusion.io import atomic_path
+from hifusion.metrics import pcc_columns
 
 PANEL_INCH = 3.0
 DPI = 100

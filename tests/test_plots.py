@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from hifusion.evaluate.plots import (
+from hifusion.plots import (
     BAR_INCH,
     DPI,
     SINGLE_MAP_INCH,

@@ -1,14 +1,21 @@
-"""Training losses by name. A model class names its loss in `loss_name`; the trainer looks it up here."""
+"""Every training loss, by name: a model class names its loss in `loss_name` and the trainer looks it up here.
+
+Objectives read their weights off the model (set from its options), so a default lives in one place: the model's
+constructor.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from hifusion.errors import ConfigError
+
+__all__ = ["bleep_contrastive_loss", "get_loss", "hifusion_loss", "register_loss", "zinb_nll"]
 
 LossFn = Callable[[nn.Module, object, torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 _LOSSES: dict[str, LossFn] = {}
@@ -28,6 +35,49 @@ def get_loss(name: str) -> LossFn:
     return _LOSSES[name]
 
 
+# -------------------------------------------------------------------------------------------- loss functions
+def hifusion_loss(
+    output: Any, target: Tensor, align_weight: float = 0.5, use_alignment: bool = True
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """MSE(final) + mean over levels of MSE(level) + align_weight * sum over finer levels of mean |map_1 - map_k|.
+
+    Computed in float32 so it is safe under autocast. The alignment term has no detach: it pulls every level.
+    Returns (total, parts) with parts 'final_mse', 'level_mse' and, when used, 'align'.
+    """
+    target = target.float()
+    final_mse = F.mse_loss(output.pred.float(), target)
+    level_mse = torch.stack([F.mse_loss(p.float(), target) for p in output.level_preds]).mean()
+    parts = {"final_mse": final_mse, "level_mse": level_mse}
+    total = final_mse + level_mse
+    if use_alignment and len(output.level_maps) > 1:
+        ref = output.level_maps[0].float()
+        align = torch.stack([(ref - m.float()).abs().mean() for m in output.level_maps[1:]]).sum()
+        parts["align"] = align
+        total = total + align_weight * align
+    return total, parts
+
+
+def zinb_nll(y: Tensor, mean: Tensor, disp: Tensor, pi: Tensor, eps: float = 1e-8) -> Tensor:
+    """Mean negative log-likelihood of a zero-inflated negative binomial (continuous in y via lgamma)."""
+    y = y.clamp_min(0)
+    t1 = torch.lgamma(disp + eps) + torch.lgamma(y + 1.0) - torch.lgamma(y + disp + eps)
+    t2 = (disp + y) * torch.log1p(mean / (disp + eps)) + y * (torch.log(disp + eps) - torch.log(mean + eps))
+    nb = t1 + t2 - torch.log(1.0 - pi + eps)
+    zero_nb = torch.pow(disp / (disp + mean + eps), disp)
+    zero = -torch.log(pi + (1.0 - pi) * zero_nb + eps)
+    return torch.where(y < 1e-8, zero, nb).mean()
+
+
+def bleep_contrastive_loss(image: Tensor, expr: Tensor, temperature: float) -> Tensor:
+    """CLIP loss with BLEEP's soft targets (symmetric cross-entropy over the batch)."""
+    logits = expr @ image.T / temperature
+    targets = torch.softmax((image @ image.T + expr @ expr.T) / 2 * temperature, dim=-1)
+    expr_loss = -(targets * F.log_softmax(logits, dim=-1)).sum(1)
+    image_loss = -(targets.T * F.log_softmax(logits.T, dim=-1)).sum(1)
+    return ((expr_loss + image_loss) / 2).mean()
+
+
+# ------------------------------------------------------------------------ objectives: (model, output, target)
 @register_loss("mse")
 def mse_loss(model: nn.Module, output: object, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Plain MSE on the final prediction."""
@@ -39,15 +89,8 @@ def mse_loss(model: nn.Module, output: object, target: torch.Tensor) -> tuple[to
 def hifusion_objective(
     model: nn.Module, output: object, target: torch.Tensor
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """DESIGN.md section 2: final MSE + mean level MSE + align_weight * alignment; options read off the model."""
-    from hifusion.models.hifusion import hifusion_loss
-
-    return hifusion_loss(
-        output,
-        target,
-        align_weight=float(getattr(model, "align_weight", 0.5)),
-        use_alignment=bool(getattr(model, "use_alignment", True)),
-    )
+    """HiFusion: final MSE + mean level MSE + align_weight * alignment; options read off the model."""
+    return hifusion_loss(output, target, align_weight=model.align_weight, use_alignment=model.use_alignment)
 
 
 @register_loss("hist2st")
@@ -58,20 +101,18 @@ def hist2st_objective(
 
     Both extra terms are off unless the model's options switch them on (see models.hist2st).
     """
-    from hifusion.models.hist2st import zinb_nll
-
     pred = output.pred.float()
     mse = F.mse_loss(pred, target)
     total, parts = mse, {"final_mse": mse.detach()}
     zinb = getattr(output, "zinb", None)
     if zinb is not None:
         z = zinb_nll(target, *(t.float() for t in zinb))
-        total = total + float(getattr(model, "zinb_weight", 0.0)) * z
+        total = total + model.zinb_weight * z
         parts["zinb"] = z.detach()
     views = getattr(output, "views", None)
     if views:
         d = torch.stack([F.mse_loss(v.float(), pred.detach()) for v in views]).mean()
-        total = total + float(getattr(model, "distill_weight", 0.0)) * d
+        total = total + model.distill_weight * d
         parts["distill"] = d.detach()
     return total, parts
 
@@ -90,8 +131,7 @@ def triplex_objective(
     total, parts = mse, {"final_mse": mse.detach()}
     branches = getattr(output, "branches", None) or []
     if branches:
-        a = float(getattr(model, "distill_alpha", 0.3))
-        w = float(getattr(model, "branch_weight", 1.0 / 3.0))
+        a, w = model.distill_alpha, model.branch_weight
         sup = torch.stack([F.mse_loss(b.float(), target) for b in branches]).sum()
         dis = torch.stack([F.mse_loss(b.float(), pred.detach()) for b in branches]).sum()
         total = total + w * ((1.0 - a) * sup + a * dis)
@@ -105,9 +145,7 @@ def bleep_objective(
     model: nn.Module, output: object, target: torch.Tensor
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """BLEEP's contrastive loss between the batch's image embeddings and the embeddings of its labels."""
-    from hifusion.models.bleep import bleep_contrastive_loss
-
     image = output.image_emb.float()
     expr = model.embed_expression(target.to(image.dtype)).float()
-    loss = bleep_contrastive_loss(image, expr, float(getattr(model, "temperature", 1.0)))
+    loss = bleep_contrastive_loss(image, expr, model.temperature)
     return loss, {"contrastive": loss.detach()}

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from hifusion.evaluate.stats import compare_models, paired_wilcoxon
+from hifusion.stats import compare_models, paired_wilcoxon
 
 
 def test_wilcoxon_matches_scipy() -> None:

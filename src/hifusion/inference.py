@@ -1,0 +1,123 @@
+"""The one inference path: uint8 patch batches -> shared preprocessing -> plain model -> predictions.
+
+Training (validation, benchmark test sections, frozen features), the benchmark's test-time variants and whole-slide
+prediction all run through here, so a spot predicted by `predict` and the same spot scored in a benchmark see the
+same pixels and the same model call. Nothing here imports Lightning, training or orchestration code: `Predictor` is
+a plain `nn.Module` holding the model and its checkpoint metadata.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from contextlib import nullcontext
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hifusion.data.datasets import SectionDataset, SpotDataset
+from hifusion.preprocess import adabn, memory_format, preprocess_images, tta_mean
+
+Batch = dict[str, torch.Tensor]
+
+
+def model_inputs(model: nn.Module, meta: dict[str, Any], batch: Batch, *, augment: bool,
+                 channels_last: bool | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """uint8 batch -> model inputs: stain normalisation, colour augmentation (when `augment`), standardisation.
+
+    The region patch is only prepared for models that use it (`uses_region`, default True)."""
+    fmt = memory_format(channels_last, batch["spot"].device)
+    region = batch.get("region") if getattr(model, "uses_region", True) else None
+    spot, region = preprocess_images([batch["spot"], region], meta, source=batch.get("stain_src"), augment=augment,
+                                     fmt=fmt)
+    return spot, region
+
+
+def call_model(model: nn.Module, spot: torch.Tensor, region: torch.Tensor | None, batch: Batch) -> Any:
+    """Call a model the way its input kind needs: whole-section models also receive the array coordinates."""
+    if getattr(model, "input_kind", "spot_region") == "section":
+        return model(spot, region, batch["coords"])
+    return model(spot, region)
+
+
+class Predictor(nn.Module):
+    """A plain model + its checkpoint metadata + the shared preprocessing: what prediction needs, no trainer.
+
+    Parameter names are `model.*`, as in training checkpoints. `preprocess`, `predict_batch` and the `.model`
+    attribute are the interface `predict_loader` and `preprocess.adabn` use, which the Lightning module shares.
+    """
+
+    def __init__(self, model: nn.Module, meta: dict[str, Any], channels_last: bool | None = True) -> None:
+        super().__init__()
+        self.model = model
+        self.meta = meta
+        self.channels_last = channels_last
+
+    def preprocess(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return model_inputs(self.model, self.meta, batch, augment=False, channels_last=self.channels_last)
+
+    def predict_batch(self, batch: Batch, tta: bool = False) -> torch.Tensor:
+        """Predictions of a uint8 batch (eval mode expected), averaged over the D4 views when `tta`."""
+        spot, region = self.preprocess(batch)
+        return tta_mean(lambda s, r: call_model(self.model, s, r, batch).pred, spot, region, tta)
+
+
+@torch.no_grad()
+def predict_loader(module: Any, loader: Iterable[Batch], *, adabn_batches: Iterable[Batch] | None = None,
+                   tta: bool = False, features: bool = False) -> np.ndarray:
+    """Run a module (`Predictor` or the Lightning module) over uint8 (spot, region) batches; autocast on CUDA.
+
+    `adabn_batches`: BatchNorm statistics re-estimated on these first; `tta`: mean over the 8 D4 views;
+    `features`: the model's frozen spot features (`model.features`) instead of predictions."""
+    was_training = module.training
+    module.eval()
+    device = next(module.parameters()).device
+
+    def on_device(batch: Batch) -> Batch:
+        return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+    def forward(batch: Batch) -> torch.Tensor:
+        if features:
+            spot, _ = module.preprocess(on_device(batch))
+            with torch.autocast(device.type, enabled=device.type == "cuda"):
+                return module.model.features(spot)
+        with torch.autocast(device.type, enabled=device.type == "cuda"):
+            return module.predict_batch(on_device(batch), tta=tta)
+
+    out = []
+    try:
+        # a one-spot batch has no batch statistics (BatchNorm refuses it in training mode): estimate from the others
+        stats_batches = None if adabn_batches is None else (b for b in adabn_batches if len(b["spot"]) > 1)
+        ctx = nullcontext() if stats_batches is None else adabn(module, stats_batches, forward)
+        with ctx:
+            out = [forward(batch).float().cpu().numpy() for batch in loader]
+    finally:
+        module.train(was_training)
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def predict_rows(module: Any, patches: Any, rows: np.ndarray, spot_px: int, region_px: int,
+                 batch_size: int = 64, *, stain_src: np.ndarray | None = None, adabn: bool = False,
+                 tta: bool = False) -> np.ndarray:
+    """Predict the given cache rows of one section in order, spot batch by spot batch (eval mode, no augmentation)."""
+    ds = SpotDataset([patches], [rows], None, spot_px=spot_px, region_px=region_px,
+                     stain_stats=None if stain_src is None else [stain_src])
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
+    return predict_loader(module, loader, adabn_batches=loader if adabn else None, tta=tta)
+
+
+def predict_section(module: Any, patches: Any, rows: np.ndarray, coords: np.ndarray, spot_px: int,
+                    region_px: int, *, stain_src: np.ndarray | None = None, adabn: bool = False,
+                    tta: bool = False) -> np.ndarray:
+    """Predict the given rows of one section in one pass (whole-section models): (len(rows), G) float32."""
+    ds = SectionDataset([patches], [rows], [coords], None, spot_px=spot_px, region_px=region_px,
+                        with_region=bool(getattr(module.model, "uses_region", True)),
+                        stain_stats=None if stain_src is None else [stain_src])
+    batch = [ds[0]]
+    return predict_loader(module, batch, adabn_batches=batch if adabn else None, tta=tta)
+
+
+def calibration_key(adabn: bool, tta: bool) -> str:
+    """Key of a shrink factor in `calibration.json`, per test-time option pair."""
+    return f"adabn={int(bool(adabn))},tta={int(bool(tta))}"
