@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -47,3 +51,28 @@ def test_overrides_and_model_train_overrides(tmp_path: Path) -> None:
 def test_fixed_protocol_rejects_overlap() -> None:
     with pytest.raises(ConfigError, match="both train and test"):
         parse_config({"data": {"cache": "x"}, "protocol": {"name": "fixed", "train": ["C2"], "test": ["C2"]}})
+
+
+def test_misspelt_option_in_last_model_fails_at_load_naming_both(tmp_path: Path) -> None:
+    """Options are checked against each model's constructor when the config loads, not after earlier models train."""
+    p = tmp_path / "c.yaml"
+    models = [{"name": "hifusion", "options": {"tokens": 2}}, {"name": "stnet"},
+              {"name": "hist2st", "options": {"dim": 64, "dpeth": 2}}]
+    p.write_text(yaml.safe_dump({"data": {"cache": str(tmp_path / "no-cache")}, "models": models}))
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"models\.2.*'hist2st'.*'dpeth'"):
+        load_config(p)
+    assert time.perf_counter() - start < 2.0
+    with pytest.raises(ConfigError, match="data.normalise"):
+        parse_config({"data": {"cache": "x"}, "model": {"name": "stnet", "options": {"normalise": "dataset"}}})
+    ok = parse_config({"data": {"cache": "x"}, "model": {"name": "stnet", "options": {"encoder": "resnet10"}}})
+    assert ok.model.options == {"encoder": "resnet10"}
+
+
+def test_loading_a_config_imports_no_torch() -> None:
+    """What keeps the option check (and `hifusion --help`) fast: a fresh process loads a config without torch."""
+    code = ("import sys; from hifusion.config import parse_config; "
+            "parse_config({'data': {'cache': 'x'}, 'models': [{'name': 'triplex', 'options': {'dim': 8}}]}); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, env=env)

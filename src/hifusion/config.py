@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from hifusion import constants as C
 from hifusion.errors import ConfigError
+from hifusion.model_options import option_problem
 
 
 class _Strict(BaseModel):
@@ -137,6 +138,15 @@ class ModelConfig(_Strict):
     label: str | None = None  # how the model is named in reports (default: name)
     options: dict[str, Any] = Field(default_factory=dict)
     train: dict[str, Any] = Field(default_factory=dict)  # per-model overrides of the train section
+
+    @model_validator(mode="after")
+    def _options_fit_the_model(self) -> ModelConfig:
+        """Options are checked against the model's constructor now, not when the model is built after earlier models
+        have trained (`model_options` reads the signatures without importing torch)."""
+        problem = option_problem(self.name, self.options)
+        if problem:
+            raise ValueError(problem if self.label is None else f"{problem} (model labelled '{self.label}')")
+        return self
 
     @property
     def display(self) -> str:

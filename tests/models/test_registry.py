@@ -46,3 +46,13 @@ def test_register_factory_function() -> None:
             register_model("_test_linear")(lambda: nn.Identity())
     finally:
         reg._REGISTRY.pop("_test_linear", None)
+
+
+def test_options_read_from_sources_match_the_registry() -> None:
+    """The config-time option check (`model_options`, ast) sees what `create_model` checks (inspect.signature)."""
+    from hifusion.model_options import model_options
+
+    static = model_options()
+    assert set(static) == set(list_models())
+    for name in list_models():
+        assert static[name] == tuple(model_entry(name).parameters()), name
