@@ -95,10 +95,8 @@ def make_checkpoint(path: Path, n_genes: int = 250) -> Path:
 
     from hifusion import __version__
     from hifusion import constants as C
-    from hifusion.config import TrainConfig
+    from hifusion.checkpoint import save_model_checkpoint
     from hifusion.models import create_model
-    from hifusion.train.checkpoint import AtomicCheckpointIO
-    from hifusion.train.module import ExpressionModule
 
     torch.manual_seed(0)
     panel = [f"G{i:04d}" for i in range(n_genes)]
@@ -109,9 +107,7 @@ def make_checkpoint(path: Path, n_genes: int = 250) -> Path:
         "patch": {"pixel_size": C.DEFAULT_SPOT_UM / C.CPU_SPOT_PX, "spot_px": C.CPU_SPOT_PX,
                   "region_px": 2 * C.CPU_SPOT_PX},
     }
-    module = ExpressionModule(model, TrainConfig(), meta)
-    AtomicCheckpointIO().save_checkpoint({"state_dict": module.state_dict(), "hifusion": meta}, path)
-    return path
+    return save_model_checkpoint(model, meta, path)
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -14,7 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from hifusion.data.prepare import load_cache, prepare_sections
+from hifusion.data.cache import load_cache
+from hifusion.data.prepare import prepare_sections
 
 REPO = Path(__file__).resolve().parents[1]
 

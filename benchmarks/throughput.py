@@ -100,8 +100,9 @@ def conv_gflops(device: torch.device, reps: int) -> float:
 
 def build_cache(profile: str, spot_px: int, workdir: Path) -> tuple[Any, str]:
     """Prepare one real section at the profile's scale into a temporary cache; returns (PatchFile, source)."""
-    from hifusion.data.prepare import load_cache, prepare_sections
-    from hifusion.datasets import her2st_sample
+    from hifusion.data.cache import load_cache
+    from hifusion.data.prepare import prepare_sections
+    from hifusion.data.sample import her2st_sample
 
     root = SHARED_HER2ST if (SHARED_HER2ST / "ST-cnts" / "C2.tsv.gz").is_file() else her2st_sample()
     cache = workdir / f"cache_{profile}"

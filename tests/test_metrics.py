@@ -1,4 +1,4 @@
-"""Metrics agree with anchors.py's formulas, scipy/numpy references and the DESIGN 8 conventions."""
+"""Metrics agree with anchors.py's formulas, scipy/numpy references and the design brief's section 8 conventions."""
 
 from __future__ import annotations
 

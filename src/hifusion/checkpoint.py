@@ -3,7 +3,7 @@
 A checkpoint is self-describing: besides the weights (`state_dict`, keys prefixed `model.`) it holds the model name
 and options, the gene panel, the label transform, the patch scale and the normalisation (key
 `constants.CKPT_META_KEY`), so prediction needs nothing else. Training writes it through a Lightning plugin
-(`train.checkpoint.AtomicCheckpointIO`) and closed-form fitters through `save_model_checkpoint`; both end here, and
+(`train.callbacks.AtomicCheckpointIO`) and closed-form fitters through `save_model_checkpoint`; both end here, and
 nothing here needs Lightning, so prediction reads checkpoints without training code.
 """
 
@@ -81,7 +81,7 @@ def _brief(value: Any) -> str:
 
 def check_resumable(path: str | Path, meta: dict[str, Any]) -> None:
     """Before resuming: the checkpoint is intact, loads without pickle, and was made for the same model, gene panel,
-    label transform and patch scale as the run about to continue (`meta`, see `train.fit.make_meta`)."""
+    label transform and patch scale as the run about to continue (`meta`, see `train.fitters.make_meta`)."""
     ckpt = read_checkpoint(path)
     old = ckpt.get(CKPT_META_KEY)
     if not isinstance(old, dict):

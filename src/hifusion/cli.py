@@ -91,7 +91,7 @@ def prepare(
 ) -> None:
     """Read raw ST data, cut spot and region patches at one physical scale, and write the patch cache."""
     from hifusion.data.prepare import prepare_sections
-    from hifusion.datasets import her2st_sample
+    from hifusion.data.sample import her2st_sample
 
     written = prepare_sections(
         fmt, root if root is not None else her2st_sample(), _sections(sections), out,

@@ -1,4 +1,4 @@
-"""Per-section metrics of predicted expression (DESIGN sections 4 and 8), identical to ``shared/tools/anchors.py``.
+"""Per-section metrics of predicted expression, identical to ``shared/tools/anchors.py`` (the design brief, s. 4, 8).
 
 Conventions, shared by PCC-gene (per gene, across the spots of a section) and PCC-spot (per spot, across genes):
 

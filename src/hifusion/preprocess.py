@@ -23,7 +23,7 @@ D4_SIZE = 8  # the flips and rotations of the square
 def standardise(x: torch.Tensor, mode: str, mean: Sequence[float] | None, std: Sequence[float] | None) -> torch.Tensor:
     """Float [0, 1] (B,3,H,W) -> model input. `patch`: per image, per channel (the paper); `dataset`: fixed stats.
 
-    Per-patch standardisation removes stain intensity; the dataset mode keeps it (DESIGN.md section 8).
+    Per-patch standardisation removes stain intensity; the dataset mode keeps it (the design brief, section 8).
     """
     if mode == "patch":
         m = x.mean(dim=(2, 3), keepdim=True)

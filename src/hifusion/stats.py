@@ -1,4 +1,4 @@
-"""Paired significance tests between models (DESIGN 4: Wilcoxon signed-rank over genes and over sections).
+"""Paired significance tests between models: Wilcoxon signed-rank over genes and over sections.
 
 Rules, chosen so that a report never shows NaN for a test that was run:
 - pairs with a NaN on either side are dropped; ``n`` is the number of pairs left (zero differences included).

@@ -12,7 +12,8 @@ from conftest import MARKER, MPP
 
 import hifusion.data.prepare as prep
 from hifusion.constants import CACHE_MANIFEST
-from hifusion.data.prepare import PatchFile, cache_sections, load_cache, prepare_sections
+from hifusion.data.cache import PatchFile, cache_sections, load_cache
+from hifusion.data.prepare import prepare_sections
 from hifusion.errors import ConfigError, InputError
 
 KW = dict(spot_um=40.0, spot_px=20, region_factor=2.0, progress=False)  # 2 um/px patches from a 2 um/px image

@@ -7,10 +7,11 @@ import importlib.util
 import numpy as np
 import pytest
 
+from hifusion.data.cache import load_cache
 from hifusion.data.genes import select_panel
-from hifusion.data.prepare import load_cache, prepare_sections
+from hifusion.data.prepare import prepare_sections
 from hifusion.data.readers import read_section
-from hifusion.datasets import her2st_sample
+from hifusion.data.sample import her2st_sample
 
 pytestmark = pytest.mark.realdata
 

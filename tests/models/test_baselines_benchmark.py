@@ -48,7 +48,7 @@ def test_every_baseline_is_scored(bench: tuple[Path, object]) -> None:
 @pytest.mark.parametrize("name", ["histogene", "linear_probe", "bleep"])
 def test_checkpoints_predict_alone(bench: tuple[Path, object], name: str) -> None:
     from hifusion.config import TrainConfig
-    from hifusion.data.prepare import load_cache
+    from hifusion.data.cache import load_cache
     from hifusion.data.splitdata import section_array_coords
     from hifusion.inference import predict_rows, predict_section
     from hifusion.models import model_entry

@@ -85,7 +85,7 @@ def write_checkpoint(
     """A real checkpoint of a tiny random HiFusion, saved like training saves it (Lightning layout + metadata)."""
     from hifusion.config import TrainConfig
     from hifusion.models import create_model
-    from hifusion.train.checkpoint import AtomicCheckpointIO
+    from hifusion.train.callbacks import AtomicCheckpointIO
     from hifusion.train.module import ExpressionModule
 
     panel = list(panel or PANEL)

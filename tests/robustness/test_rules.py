@@ -20,7 +20,8 @@ import torch
 
 from hifusion import constants as C
 from hifusion.config import DataConfig, ValConfig
-from hifusion.data.prepare import load_cache, prepare_sections
+from hifusion.data.cache import load_cache
+from hifusion.data.prepare import prepare_sections
 from hifusion.data.splitdata import load_split
 from hifusion.data.splits import Split
 from hifusion.errors import InputError

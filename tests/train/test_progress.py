@@ -13,7 +13,7 @@ import yaml
 
 import hifusion
 from hifusion.progress import StepLines, format_seconds, use_bars
-from hifusion.train.progress import EpochLines
+from hifusion.train.callbacks import EpochLines
 from tests.synthetic import tiny_config, write_dataset
 
 

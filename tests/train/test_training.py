@@ -79,7 +79,7 @@ def test_checkpoint_is_self_describing_and_safe(dataset: Path, cache: Path, tmp_
     model, meta = load_checkpoint(ckpt)
     assert len(meta["panel"]) == 20 and meta["label"] == "logprop"
     from hifusion.config import TrainConfig
-    from hifusion.data.prepare import load_cache
+    from hifusion.data.cache import load_cache
 
     module = ExpressionModule(model, TrainConfig(), meta)
     _, patches = load_cache(cache, "P2")

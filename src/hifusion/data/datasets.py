@@ -15,14 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-
-def centre_crop(img: np.ndarray, side: int) -> np.ndarray:
-    """Centre `side` x `side` crop of an (H, W, C) patch; the spot patch is the centre of the region patch."""
-    h, w = img.shape[:2]
-    if side > h or side > w:
-        raise ValueError(f"cannot crop {side} px from a {h}x{w} patch")
-    top, left = (h - side) // 2, (w - side) // 2
-    return img[top : top + side, left : left + side]
+from hifusion.data.patches import centre_crop
 
 
 def augment_d4(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -11,6 +11,7 @@ import re
 from functools import cached_property
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -220,6 +221,14 @@ class TiffImage(SlideImage):
         self._tif.close()
 
 
+def _fill_alpha(region: Any, pad_colour: tuple[int, int, int]) -> np.ndarray:
+    """OpenSlide's RGBA region -> RGB, transparent pixels (no scanned data) filled with the padding colour."""
+    rgba = np.asarray(region)
+    rgb = rgba[..., :3].copy()
+    rgb[rgba[..., 3] == 0] = np.asarray(pad_colour, dtype=np.uint8)
+    return rgb
+
+
 class OpenSlideImage(SlideImage):
     """Vendor whole-slide formats through OpenSlide (level 0 regions, its own thumbnails, mpp from properties)."""
 
@@ -237,10 +246,7 @@ class OpenSlideImage(SlideImage):
         return int(w), int(h)
 
     def _read(self, x0: int, y0: int, w: int, h: int) -> np.ndarray:
-        rgba = np.asarray(self._slide.read_region((x0, y0), 0, (w, h)))
-        rgb = rgba[..., :3].copy()
-        rgb[rgba[..., 3] == 0] = np.asarray(self.pad_colour, dtype=np.uint8)  # transparent = no scanned data
-        return rgb
+        return _fill_alpha(self._slide.read_region((x0, y0), 0, (w, h)), self.pad_colour)
 
     def thumbnail(self, max_side: int) -> np.ndarray:
         return _fit(self._slide.get_thumbnail((max_side, max_side)), max_side)
@@ -335,10 +341,8 @@ def level_image(image: SlideImage, level: int) -> SlideImage:
         ds = float(slide.level_downsamples[level])
 
         def read_os(x0: int, y0: int, w: int, h: int) -> np.ndarray:  # OpenSlide takes level-0 coordinates
-            rgba = np.asarray(slide.read_region((int(round(x0 * ds)), int(round(y0 * ds))), level, (w, h)))
-            rgb = rgba[..., :3].copy()
-            rgb[rgba[..., 3] == 0] = np.asarray(image.pad_colour, dtype=np.uint8)
-            return rgb
+            return _fill_alpha(slide.read_region((int(round(x0 * ds)), int(round(y0 * ds))), level, (w, h)),
+                               image.pad_colour)
 
         return _LevelView(image, level, sizes[level], read_os)
     raise ValueError(f"{type(image).__name__} has no pyramid levels")

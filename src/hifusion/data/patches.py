@@ -82,8 +82,15 @@ def extract_patches(
     return out, border
 
 
+def centre_crop(img: np.ndarray, side: int) -> np.ndarray:
+    """Centre `side` x `side` crop of (..., H, W, C) patch(es); the spot patch is the centre of the region patch."""
+    h, w = img.shape[-3], img.shape[-2]
+    if side > h or side > w:
+        raise ValueError(f"cannot crop {side} px from a {h}x{w} patch")
+    top, left = (h - side) // 2, (w - side) // 2
+    return img[..., top : top + side, left : left + side, :]
+
+
 def spot_from_region(region: np.ndarray, spot_px: int) -> np.ndarray:
     """The centre `spot_px` crop of region patch(es) (..., R, R, 3): the spot patch, same centre, same scale."""
-    r = region.shape[-2]
-    a = (r - spot_px) // 2
-    return region[..., a : a + spot_px, a : a + spot_px, :]
+    return centre_crop(region, spot_px)

@@ -12,7 +12,6 @@ unless `allow_background`. Per spot, obs holds the tissue fraction and an `on_ti
 from __future__ import annotations
 
 import json
-import os
 import time
 import warnings
 from collections.abc import Iterable, Mapping
@@ -44,7 +43,6 @@ from hifusion.constants import (
     H5_BARCODE,
     H5_COORDS,
     H5_IMG,
-    H5AD_SUFFIX,
     HIRES_MAX_SIDE,
     LOW_COUNTS_THRESHOLD,
     MAX_BACKGROUND_SHARE,
@@ -61,7 +59,6 @@ from hifusion.constants import (
     OBS_TISSUE_FRACTION,
     OBS_TOTAL_COUNTS,
     OBSM_SPATIAL,
-    PATCHES_SUFFIX,
     UNS_HIFUSION,
     UNS_HIRES,
     UNS_HIRES_SCALEF,
@@ -70,6 +67,7 @@ from hifusion.constants import (
     UPSAMPLE_WARN_FACTOR,
     VAR_GENE_IDS,
 )
+from hifusion.data.cache import cache_sections, is_done, read_manifest, section_paths
 from hifusion.data.patches import iter_patches, region_top_left, spot_from_region
 from hifusion.data.readers import list_sections, read_section
 from hifusion.data.section import Section
@@ -102,6 +100,11 @@ class CacheParams:
         return {**asdict(self), "region_px": self.region_px, "pixel_size": self.pixel_size, "version": CACHE_VERSION}
 
 
+def _check_compression(compression: str | None) -> None:
+    if compression not in COMPRESSIONS:
+        raise ConfigError(f"patch compression must be one of {COMPRESSIONS}, got {compression!r}")
+
+
 def region_size(spot_px: int, region_factor: float) -> int:
     """Side of the region patch: round(spot_px * region_factor), made even so spot and region share a centre."""
     r = int(round(spot_px * region_factor))
@@ -119,35 +122,6 @@ def parse_shard(shard: str | None) -> tuple[int, int]:
     if not (n >= 1 and 0 <= i < n):
         raise ConfigError(f"shard {shard!r}: need 0 <= i < n")
     return i, n
-
-
-def section_paths(out: Path, section: str) -> tuple[Path, Path]:
-    """(h5ad, patches) paths of a section in a cache folder."""
-    return out / f"{section}{H5AD_SUFFIX}", out / f"{section}{PATCHES_SUFFIX}"
-
-
-def is_done(out: Path, section: str) -> bool:
-    h5ad_path, patch_path = section_paths(out, section)
-    return h5ad_path.is_file() and patch_path.is_file()
-
-
-def cache_sections(cache_dir: str | Path) -> list[str]:
-    """Sections with a complete pair of files in a cache folder."""
-    cache_dir = Path(cache_dir)
-    if not cache_dir.is_dir():
-        raise InputError("cache folder not found; run `hifusion prepare` first", cache_dir)
-    names = [p.name[: -len(H5AD_SUFFIX)] for p in cache_dir.glob(f"*{H5AD_SUFFIX}") if not p.name.startswith(".")]
-    return sorted(s for s in names if is_done(cache_dir, s))
-
-
-def read_manifest(cache_dir: str | Path) -> dict[str, Any] | None:
-    path = Path(cache_dir) / CACHE_MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except ValueError as exc:
-        raise InputError(f"unreadable cache manifest ({exc}); use --overwrite", path) from exc
 
 
 def _same_scale(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
@@ -306,8 +280,7 @@ def prepare_section(
     Does not touch cache.json; `prepare_sections` checks and writes it. Mostly-background spots are an InputError
     naming the image unless `allow_background`.
     """
-    if compression not in COMPRESSIONS:
-        raise ConfigError(f"patch compression must be one of {COMPRESSIONS}, got {compression!r}")
+    _check_compression(compression)
     out = Path(out)
     params = CacheParams(float(spot_um), int(spot_px), float(region_factor))
     h5ad_path, patch_path = section_paths(out, section.section_id)
@@ -411,8 +384,7 @@ def prepare_sections(
     With `progress`, each section's image, um/px and resampling factor and, once done, its share of spots on tissue
     are reported on stderr. Patches enlarged more than 4x from the image draw a warning (they hold little detail).
     """
-    if compression not in COMPRESSIONS:
-        raise ConfigError(f"patch compression must be one of {COMPRESSIONS}, got {compression!r}")
+    _check_compression(compression)
     if spot_px < 2 or spot_um <= 0 or region_factor < 1:
         got = f"{spot_px}, {spot_um}, {region_factor}"
         raise ConfigError(f"need spot_px >= 2, spot_um > 0, region_factor >= 1 (got {got})")
@@ -495,83 +467,3 @@ class _progress:
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
             self._bar.stop()
-
-
-class PatchFile:
-    """Reader of a `<section>.patches.h5`; opens the HDF5 file lazily once per process (safe in DataLoader workers)."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self._h5: h5py.File | None = None
-        self._pid: int | None = None
-        try:
-            with h5py.File(self.path, "r") as f:
-                self.attrs: dict[str, Any] = {k: _plain(v) for k, v in f.attrs.items()}
-                self._len = int(f[H5_IMG].shape[0])
-                self.coords = f[H5_COORDS][:]
-                self.barcodes = f[H5_BARCODE][:].astype(str)
-        except (OSError, KeyError) as exc:
-            msg = f"not a readable patch file ({exc}); rerun `hifusion prepare --overwrite`"
-            raise InputError(msg, self.path) from exc
-
-    def _file(self) -> h5py.File:
-        if self._h5 is None or self._pid != os.getpid():
-            self._h5 = h5py.File(self.path, "r")
-            self._pid = os.getpid()
-        return self._h5
-
-    def __len__(self) -> int:
-        return self._len
-
-    def get(self, i: int) -> np.ndarray:
-        """Region patch i: uint8 (region_px, region_px, 3)."""
-        return self._file()[H5_IMG][int(i)]
-
-    def get_spot(self, i: int) -> np.ndarray:
-        """Spot patch i: the centre spot_px crop of the region patch."""
-        return spot_from_region(self.get(i), self.spot_px)
-
-    def close(self) -> None:
-        if self._h5 is not None and self._pid == os.getpid():
-            self._h5.close()
-        self._h5 = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_h5"], state["_pid"] = None, None
-        return state
-
-    pixel_size = property(lambda self: float(self.attrs[H5_ATTR_PIXEL_SIZE]))
-    spot_px = property(lambda self: int(self.attrs[H5_ATTR_SPOT_PX]))
-    region_px = property(lambda self: int(self.attrs[H5_ATTR_REGION_PX]))
-    spot_um = property(lambda self: float(self.attrs[H5_ATTR_SPOT_UM]))
-    region_factor = property(lambda self: float(self.attrs[H5_ATTR_REGION_FACTOR]))
-    image_mpp = property(lambda self: float(self.attrs[H5_ATTR_IMAGE_MPP]))
-    section = property(lambda self: str(self.attrs[H5_ATTR_SECTION]))
-    pad_colour = property(lambda self: tuple(int(v) for v in self.attrs[H5_ATTR_PAD_COLOUR]))
-
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, bytes):
-        return v.decode()
-    if isinstance(v, np.generic):
-        return v.item()
-    return v
-
-
-def load_cache(cache_dir: str | Path, section: str) -> tuple[ad.AnnData, PatchFile]:
-    """The section's AnnData (raw counts) and its patch file, checked to be in the same spot order."""
-    cache_dir = Path(cache_dir)
-    h5ad_path, patch_path = section_paths(cache_dir, section)
-    for p in (h5ad_path, patch_path):
-        if not p.is_file():
-            raise InputError(f"section {section} is not in this cache; run `hifusion prepare` for it", p)
-    try:
-        adata = ad.read_h5ad(h5ad_path)
-    except (OSError, KeyError, ValueError) as exc:
-        raise InputError(f"not a readable cache file ({exc}); rerun `hifusion prepare --overwrite`", h5ad_path) from exc
-    patches = PatchFile(patch_path)
-    if len(patches) != adata.n_obs or not np.array_equal(patches.barcodes, adata.obs_names.to_numpy().astype(str)):
-        raise InputError("patch file and h5ad disagree on the spots; rerun `hifusion prepare --overwrite`", patch_path)
-    adata.uns.setdefault(UNS_HIFUSION, {})["h5ad_path"] = str(h5ad_path)
-    return adata, patches

@@ -94,7 +94,7 @@ def cache_patients(cache: Path) -> dict[str, str]:
     """Section -> patient for every section in a cache (read from each .h5ad's obs, without loading X)."""
     import anndata as ad
 
-    from hifusion.data.prepare import cache_sections
+    from hifusion.data.cache import cache_sections
 
     out = {}
     for s in cache_sections(cache):
@@ -154,8 +154,8 @@ def load_split(
     spot_px: int | None = None,
 ) -> SplitData:
     """Load the cache sections of a split, choose the panel on training sections and build labels."""
+    from hifusion.data.cache import load_cache
     from hifusion.data.genes import make_labels, select_panel, top_variable_genes
-    from hifusion.data.prepare import load_cache
 
     sections = list(dict.fromkeys(split.train + split.val + split.test))
     adatas, patches = {}, {}

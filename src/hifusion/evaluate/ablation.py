@@ -22,6 +22,7 @@ from hifusion import constants as C
 from hifusion import metrics as M
 from hifusion.config import AblationAxis, Config, ModelConfig
 from hifusion.errors import ConfigError
+from hifusion.evaluate.report import fmt_p, fmt_value
 from hifusion.io import atomic_write_text, check_results_folder, make_dir
 
 REGION_FACTOR = "region_factor"
@@ -103,7 +104,7 @@ def default_region_factor(cfg: Config) -> float:
         return float(cfg.data.region_factor)
     if cfg.data.prepare is not None:
         return float(cfg.data.prepare.region_factor)
-    from hifusion.data.prepare import read_manifest
+    from hifusion.data.cache import read_manifest
 
     manifest = read_manifest(cfg.data.cache) or {}
     if "region_factor" not in manifest:
@@ -223,7 +224,7 @@ def ablation_config(cfg: Config, variants: list[Variant]) -> Config:
             cache = Path(cfg.data.cache)
             new.data.cache = cache.with_name(f"{cache.name}_rf{need:g}")
         return new
-    from hifusion.data.prepare import read_manifest
+    from hifusion.data.cache import read_manifest
 
     have = float((read_manifest(cfg.data.cache) or {}).get("region_factor", 0.0))
     if have < need:
@@ -398,16 +399,6 @@ def ablation_table(
     return pd.DataFrame(rows)
 
 
-def _fmt(x: float) -> str:
-    return "n/a" if not np.isfinite(x) else f"{x:.4f}"
-
-
-def _fmt_p(p: float) -> str:
-    if not np.isfinite(p):
-        return "-"
-    return f"{p:.2e}" if p < 1e-3 else f"{p:.3f}"
-
-
 def write_ablation_report(
     out: Path,
     table: pd.DataFrame,
@@ -459,14 +450,14 @@ def write_ablation_report(
             r["value"] or "-",
             r["model"] + (" (floor)" if r["model"] == "mean_profile" else ""),
         ]
-        cells += [f"{_fmt(r[f'{k}_mean'])} ± {_fmt(r[f'{k}_std'])}" for k, _ in _TABLE]
+        cells += [f"{fmt_value(r[f'{k}_mean'])} ± {fmt_value(r[f'{k}_std'])}" for k, _ in _TABLE]
         for metric in ("pcc", "mse"):
             if r["is_default"]:
                 cells.append("reference")
             else:
-                cells.append(f"{r[f'{metric}_gene_delta']:+.4f} ({_fmt_p(r[f'{metric}_gene_p'])})")
+                cells.append(f"{r[f'{metric}_gene_delta']:+.4f} ({fmt_p(r[f'{metric}_gene_p'], na='-')})")
         if multi:
-            cells += [_fmt(r[f"{M.PCC_GENE}_seed_std"]), _fmt(r[f"{M.MSE}_seed_std"])]
+            cells += [fmt_value(r[f"{M.PCC_GENE}_seed_std"]), fmt_value(r[f"{M.MSE}_seed_std"])]
         body.append(cells)
     lines += ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in body]

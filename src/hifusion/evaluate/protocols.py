@@ -46,11 +46,13 @@ def ensure_cache(data_cfg: DataConfig, *, progress: bool = True) -> Path:
         if not cache.is_dir():
             raise ConfigError("patch cache folder not found; run `hifusion prepare` or add data.prepare", cache)
         return cache
-    from hifusion.data.prepare import is_done, list_sections, prepare_sections
+    from hifusion.data.cache import is_done
+    from hifusion.data.prepare import prepare_sections
+    from hifusion.data.readers import list_sections
 
     p = data_cfg.prepare
     if p.root is None:
-        from hifusion.datasets import her2st_sample
+        from hifusion.data.sample import her2st_sample
 
         root = her2st_sample()
     else:

@@ -67,14 +67,14 @@ def _fill_keys(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def _fmt(x: float, digits: int = 4) -> str:
+def fmt_value(x: float, digits: int = 4) -> str:
     return NA if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
 
 
-def _fmt_p(p: float) -> str:
-    """Small p-values in scientific notation so they stay readable."""
+def fmt_p(p: float, na: str = NA) -> str:
+    """Small p-values in scientific notation so they stay readable; `na` where no test was run."""
     if p is None or not np.isfinite(p):
-        return NA
+        return na
     return f"{p:.2e}" if p < 1e-3 else f"{p:.3f}"
 
 
@@ -117,7 +117,7 @@ def _per_section(wide: pd.DataFrame, models: list[str]) -> list[str]:
                 continue
             n = r.get(M.N_SPOTS, np.nan)
             cells = [m, str(split), str(section), NA if not np.isfinite(n) else str(int(n))]
-            cells += [_fmt(r.get(key, np.nan)) for key, _ in TABLE1]
+            cells += [fmt_value(r.get(key, np.nan)) for key, _ in TABLE1]
             rows.append(cells)
     return _md_table(["Model", "Split", "Section", "Spots", *(label for _, label in TABLE1)], rows)
 
@@ -162,7 +162,7 @@ def _markers(per_gene: pd.DataFrame, models: list[str]) -> list[str]:
         for m in models:
             p = pcc.get((g, m), np.nan)
             a = mae.get((g, m), np.nan)
-            cells.append(f"{_fmt(p)} / {_fmt(a)}")
+            cells.append(f"{fmt_value(p)} / {fmt_value(a)}")
         rows.append(cells)
     return [
         "Cells are PCC / MAE, each the mean over test sections (PCC over sections where the gene varies).",
@@ -193,7 +193,7 @@ def _wilcoxon(per_gene: pd.DataFrame, reference: str) -> list[str]:
                             r["model"],
                             f"{label} over {by}s",
                             str(r["n"]),
-                            _fmt(r["median_diff"]),
+                            fmt_value(r["median_diff"]),
                             NA,
                             f"skipped: {r['skipped']}",
                         ]
@@ -204,9 +204,9 @@ def _wilcoxon(per_gene: pd.DataFrame, reference: str) -> list[str]:
                             r["model"],
                             f"{label} over {by}s",
                             str(r["n"]),
-                            _fmt(r["median_diff"]),
-                            _fmt(r["statistic"], 1),
-                            _fmt_p(r["p_value"]),
+                            fmt_value(r["median_diff"]),
+                            fmt_value(r["statistic"], 1),
+                            fmt_p(r["p_value"]),
                         ]
                     )
     return lines + _md_table(["Model", "Test", "n", "Median Δ", "W", "p-value"], rows)

@@ -1,6 +1,6 @@
 """HiFusion (Weng et al., AAAI 2026): hierarchical intra-spot modelling (HISM) + context-aware cross-scale fusion (CCF).
 
-See DESIGN.md section 2. The spot patch is encoded at several tilings (levels, given as tile counts) by one shared
+(The design brief, section 2.) The spot patch is encoded at several tilings (levels, given as tile counts) by one shared
 encoder; every level is supervised by one shared gene head and aligned to the coarsest level; the level maps are fused
 and attended to by a region (neighbourhood) token to give the final prediction.
 """
@@ -84,7 +84,7 @@ def _untile(f: Tensor, n: int) -> Tensor:
 
 
 def _projection(encoder: Encoder, embed_dim: int) -> nn.Module:
-    """A learned 1x1 projection when the encoder width differs from the model width (DESIGN section 8)."""
+    """A learned 1x1 projection when the encoder width differs from the model width (the design brief, section 8)."""
     if encoder.out_channels == embed_dim:
         return nn.Identity()
     return nn.Conv2d(encoder.out_channels, embed_dim, kernel_size=1)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -23,9 +22,7 @@ from hifusion import constants as C
 from hifusion.checkpoint import check_resumable, load_state_into
 from hifusion.config import TrainConfig
 from hifusion.data.datasets import EpochSampler
-from hifusion.io import atomic_write_text
-from hifusion.train.checkpoint import AtomicCheckpointIO
-from hifusion.train.progress import EpochLines, use_bar
+from hifusion.train.callbacks import AtomicCheckpointIO, EpochLines, EpochMetricsWriter, use_bar
 
 
 def uses_cuda(cfg: TrainConfig) -> bool:
@@ -110,34 +107,6 @@ class ExpressionDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> Any:
         return [] if self.val_ds is None else self.loader(self.val_ds, False)
-
-
-class EpochMetricsWriter(L.Callback):
-    """One row per epoch in `metrics.csv`: losses, loss parts, learning rate, validation scores."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.rows: list[dict[str, float]] = []
-        self.t0 = time.perf_counter()
-
-    def on_train_start(self, trainer: Any, pl_module: Any) -> None:  # after a resumed run's state is restored
-        if self.path.exists() and trainer.current_epoch > 0:  # resumed: keep the epochs already done
-            old = pd.read_csv(self.path)
-            self.rows = old[old["epoch"] < trainer.current_epoch].to_dict("records")
-
-    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
-        self.t0 = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        if not trainer.is_global_zero:
-            return
-        row: dict[str, float] = {"epoch": trainer.current_epoch}
-        row["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
-        for k, v in sorted(trainer.callback_metrics.items()):
-            row[k] = float(v)
-        row["seconds"] = time.perf_counter() - self.t0
-        self.rows.append(row)
-        atomic_write_text(self.path, pd.DataFrame(self.rows).to_csv(index=False))
 
 
 def _quiet_lightning() -> None:

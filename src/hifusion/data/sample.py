@@ -2,7 +2,7 @@
 
 `her2st_sample()` is a real HER2ST sample: sections C2, C3 and C4 of patient C (HER2+ breast cancer, legacy ST arrays,
 ~0.69 um/px H&E) from Andersson et al. 2021, Nat Commun 12:6012 (Zenodo 4751624, github almaan/her2st, CC BY 4.0),
-with each image cropped around its spots. See `sample/her2st/README.md` for provenance and the crop offsets.
+with each image cropped around its spots. See `hifusion/sample/her2st/README.md` for provenance and the crop offsets.
 """
 
 from __future__ import annotations
