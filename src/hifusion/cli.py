@@ -143,9 +143,10 @@ def train(config: ConfigArg, out: OutOpt = None, resume: ResumeOpt = False, set_
     The mean-profile floor is scored next to it on the same sections.
     """
     from hifusion.config import ModelConfig, load_config
-    from hifusion.evaluate.protocols import run_benchmark
 
-    cfg = load_config(config, _scale_sets(set_, devices, num_nodes, strategy, accelerator))
+    cfg = load_config(config, _scale_sets(set_, devices, num_nodes, strategy, accelerator))  # fails fast
+    from hifusion.evaluate.protocols import run_benchmark  # seconds of imports: only for a valid config
+
     models = [cfg.model] + ([] if cfg.model.name == "mean_profile" else [ModelConfig(name="mean_profile")])
     result = run_benchmark(cfg, out or cfg.output / cfg.name, models=models, resume=resume, title="Training run")
     _print_summary(result)
@@ -157,9 +158,10 @@ def benchmark(config: ConfigArg, out: OutOpt = None, resume: ResumeOpt = False, 
               accelerator: AcceleratorOpt = None) -> None:
     """Train and evaluate every model of the config on every split; write report.md, tables, maps."""
     from hifusion.config import load_config
+
+    cfg = load_config(config, _scale_sets(set_, devices, num_nodes, strategy, accelerator))  # fails fast
     from hifusion.evaluate.protocols import run_benchmark
 
-    cfg = load_config(config, _scale_sets(set_, devices, num_nodes, strategy, accelerator))
     result = run_benchmark(cfg, out or cfg.output / cfg.name, resume=resume)
     _print_summary(result)
 
@@ -172,11 +174,12 @@ def demo(
 ) -> None:
     """The 3D protocol on the HER2ST sample shipped in the package (train C2, test C3, C4), CPU profile."""
     from hifusion.config import load_config
-    from hifusion.evaluate.protocols import run_benchmark
     from hifusion.io import check_results_folder
 
     cfg = load_config(Path(__file__).parent / "configs" / "demo.yaml", set_)
     check_results_folder(out, resume)
+    from hifusion.evaluate.protocols import run_benchmark
+
     cfg.data.cache = out / "cache"
     result = run_benchmark(cfg, out / "report", resume=resume, command="hifusion demo", title="hifusion demo")
     _print_summary(result)
@@ -236,9 +239,10 @@ def ablate(
     of {option, values} in the config.
     """
     from hifusion.config import load_config
+
+    cfg = load_config(config, set_)  # fails fast
     from hifusion.evaluate.ablation import run_ablation
 
-    cfg = load_config(config, set_)
     result = run_ablation(cfg, out or cfg.output / f"{cfg.name}_ablation", resume=resume, only=_sections(only),
                           seeds=_ints(seeds, "--seeds"))
     typer.echo(f"ablation: {result.report}  ({result.seconds / 60:.1f} min)")
