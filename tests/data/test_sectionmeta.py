@@ -1,0 +1,35 @@
+"""A split keeps lean sections (no counts, no thumbnail) in memory; the thumbnail comes back from the cache file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from hifusion import constants as C
+from hifusion.data.prepare import load_cache, prepare_sections
+from hifusion.data.sectionmeta import drop_images, spatial_uns, without_counts
+from tests.synthetic import write_dataset
+
+
+def test_lean_section_round_trip(tmp_path: Path) -> None:
+    root = write_dataset(tmp_path / "raw", sections=("P1",))
+    prepare_sections("her2st", root, ["P1"], tmp_path / "cache", spot_px=16, progress=False)
+    full, patches = load_cache(tmp_path / "cache", "P1")
+    thumb = np.asarray(full.uns[C.UNS_SPATIAL]["P1"]["images"][C.UNS_HIRES])
+    scalef = full.uns[C.UNS_SPATIAL]["P1"]["scalefactors"][C.UNS_HIRES_SCALEF]
+
+    lean, _ = load_cache(tmp_path / "cache", "P1")
+    drop_images(lean)
+    assert "images" not in lean.uns[C.UNS_SPATIAL]["P1"]
+    lean = without_counts(lean)
+    assert lean.n_vars == 0 and lean.n_obs == full.n_obs
+    assert lean.obs.equals(full.obs)
+    assert np.array_equal(lean.obsm[C.OBSM_SPATIAL], full.obsm[C.OBSM_SPATIAL])
+
+    back = spatial_uns(lean)
+    assert back is not None
+    assert np.array_equal(np.asarray(back["P1"]["images"][C.UNS_HIRES]), thumb)
+    assert back["P1"]["scalefactors"][C.UNS_HIRES_SCALEF] == scalef
+    assert spatial_uns(full) is full.uns[C.UNS_SPATIAL]  # nothing dropped: returned as held
+    patches.close()
