@@ -123,11 +123,13 @@ def load_split(
     """Load the cache sections of a split, choose the panel on training sections and build labels."""
     from hifusion.data.genes import make_labels, select_panel
     from hifusion.data.prepare import load_cache
+    from hifusion.data.sectionmeta import drop_images, without_counts
 
     sections = list(dict.fromkeys(split.train + split.val + split.test))
     adatas, patches = {}, {}
     for s in sections:
         adatas[s], patches[s] = load_cache(cache, s)
+        drop_images(adatas[s])  # memory flat in the cohort size: thumbnails are re-read for the few maps drawn
     first = patches[sections[0]]
     stored_region, stored_spot = int(first.region_px), int(first.spot_px)
     for s in sections[1:]:
@@ -159,6 +161,7 @@ def load_split(
             keep = np.flatnonzero(~a.obs[C.OBS_LOW_COUNTS].to_numpy(bool))
         rows[s] = keep
         labels[s] = make_labels(a[keep], panel, transform=data_cfg.label, zero_fill=data_cfg.genes.zero_fill)
+        adatas[s] = without_counts(a)  # the float32 panel labels are all that training and scoring read
 
     train_rows: dict[str, np.ndarray] = {}
     val_rows: dict[str, np.ndarray] = {}

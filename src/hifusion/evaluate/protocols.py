@@ -99,7 +99,9 @@ def prediction_adata(data: Any, section: str, pred: np.ndarray) -> Any:
     out.layers["truth"] = data.labels[section].astype(np.float32)
     out.obsm[C.OBSM_SPATIAL] = np.asarray(src.obsm[C.OBSM_SPATIAL])[rows]
     if C.UNS_SPATIAL in src.uns:
-        out.uns[C.UNS_SPATIAL] = src.uns[C.UNS_SPATIAL]
+        from hifusion.data.sectionmeta import spatial_uns
+
+        out.uns[C.UNS_SPATIAL] = spatial_uns(src)  # with the H&E thumbnail, re-read from the cache if dropped
     out.uns["label_transform"] = data.label
     return out
 
@@ -296,6 +298,7 @@ def run_benchmark(
 
 def _figures(out: Path, map_inputs: list[tuple[Any, str, dict[str, np.ndarray]]],
              curves: dict[str, pd.DataFrame]) -> dict[str, list[Path]]:
+    from hifusion.data.sectionmeta import spatial_uns
     from hifusion.evaluate.plots import plot_marker_maps, plot_training_curves
 
     figs: dict[str, list[Path]] = {"maps": [], "curves": []}
@@ -303,7 +306,7 @@ def _figures(out: Path, map_inputs: list[tuple[Any, str, dict[str, np.ndarray]]]
     fig_dir.mkdir(exist_ok=True)
     for data, s, preds in map_inputs:
         src = data.adatas[s]
-        spatial = src.uns.get(C.UNS_SPATIAL, {}).get(s, {})
+        spatial = (spatial_uns(src) or {}).get(s, {})
         thumb = spatial.get("images", {}).get(C.UNS_HIRES)
         sf = spatial.get("scalefactors", {})
         figs["maps"].append(plot_marker_maps(
