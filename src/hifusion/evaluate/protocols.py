@@ -28,6 +28,7 @@ from hifusion.train.distributed import is_global_zero, wait_until
 
 DONE_FILE = "done.json"
 PRED_FILE = "predictions.npz"
+MAX_MAP_SECTIONS = 8  # marker-map figures for the first test sections only: one per section does not scale
 
 
 @dataclass
@@ -213,7 +214,7 @@ def run_benchmark(
     curves: dict[str, pd.DataFrame] = {}
     timings: list[dict[str, Any]] = []
     panels: dict[str, list[str]] = {}
-    map_inputs: list[tuple[Any, str, dict[str, np.ndarray]]] = []
+    map_inputs: list[tuple[Any, ...]] = []
     for split in splits:
         data = load_split(cache, split, cfg.data, cfg.train.val, seed=cfg.train.seed)
         panels[split.name] = data.panel
@@ -257,8 +258,9 @@ def run_benchmark(
                     _score(out, data, split.name, s, label, preds[s], metric_rows, gene_frames)
                     if not vname:
                         split_preds[s][label] = preds[s]
-        for s in split.test:
-            map_inputs.append((data, s, split_preds[s]))
+        for s in split.test[: max(0, MAX_MAP_SECTIONS - len(map_inputs))]:  # what a map needs, not the split
+            map_inputs.append((s, data.adatas[s], data.rows[s], data.labels[s], split_preds[s], data.panel, data.label))
+        del data, mdata, by_factor, split_preds  # one split's data in memory at a time
 
     metrics = pd.DataFrame(metric_rows)
     per_gene = pd.concat(gene_frames, ignore_index=True) if gene_frames else pd.DataFrame()
@@ -296,7 +298,7 @@ def run_benchmark(
     return BenchmarkResult(out=out, metrics=metrics, per_gene=per_gene, report=report, seconds=seconds)
 
 
-def _figures(out: Path, map_inputs: list[tuple[Any, str, dict[str, np.ndarray]]],
+def _figures(out: Path, map_inputs: list[tuple[Any, ...]],
              curves: dict[str, pd.DataFrame]) -> dict[str, list[Path]]:
     from hifusion.data.sectionmeta import spatial_uns
     from hifusion.evaluate.plots import plot_marker_maps, plot_training_curves
@@ -304,16 +306,15 @@ def _figures(out: Path, map_inputs: list[tuple[Any, str, dict[str, np.ndarray]]]
     figs: dict[str, list[Path]] = {"maps": [], "curves": []}
     fig_dir = out / "figures"
     fig_dir.mkdir(exist_ok=True)
-    for data, s, preds in map_inputs:
-        src = data.adatas[s]
+    for s, src, rows, labels, preds, panel, label in map_inputs:
         spatial = (spatial_uns(src) or {}).get(s, {})
         thumb = spatial.get("images", {}).get(C.UNS_HIRES)
         sf = spatial.get("scalefactors", {})
         figs["maps"].append(plot_marker_maps(
             fig_dir / f"maps_{s}.png", thumb, float(sf.get(C.UNS_HIRES_SCALEF, 1.0)),
-            np.asarray(src.obsm[C.OBSM_SPATIAL])[data.rows[s]], data.labels[s], preds,
-            genes=data.panel, panel=list(C.MARKER_GENES),
-            spot_diameter_px=float(sf.get(C.UNS_SPOT_DIAMETER, 100.0)), label=data.label,
+            np.asarray(src.obsm[C.OBSM_SPATIAL])[rows], labels, preds,
+            genes=panel, panel=list(C.MARKER_GENES),
+            spot_diameter_px=float(sf.get(C.UNS_SPOT_DIAMETER, 100.0)), label=label,
         ))
     if curves:
         figs["curves"].append(plot_training_curves(fig_dir / "training_curves.png", curves))
