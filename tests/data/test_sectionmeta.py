@@ -33,3 +33,18 @@ def test_lean_section_round_trip(tmp_path: Path) -> None:
     assert back["P1"]["scalefactors"][C.UNS_HIRES_SCALEF] == scalef
     assert spatial_uns(full) is full.uns[C.UNS_SPATIAL]  # nothing dropped: returned as held
     patches.close()
+
+
+def test_h5ad_patient_reads_one_column(tmp_path: Path) -> None:
+    import anndata as ad
+    import pandas as pd
+
+    from hifusion.data.sectionmeta import h5ad_patient
+
+    for name, obs in (("cat", pd.DataFrame({"patient": pd.Categorical(["B", "B"])}, index=["a", "b"])),
+                      ("str", pd.DataFrame({"patient": ["A", "A"]}, index=["a", "b"])),
+                      ("none", pd.DataFrame(index=["a", "b"]))):
+        a = ad.AnnData(obs=obs)
+        a.write_h5ad(tmp_path / f"{name}.h5ad")
+        via_anndata = str(obs["patient"].iloc[0]) if "patient" in obs else name
+        assert h5ad_patient(tmp_path / f"{name}.h5ad", name) == via_anndata

@@ -54,3 +54,21 @@ def spatial_uns(adata: ad.AnnData) -> dict[str, Any] | None:
             if key in f and isinstance(out[lib], dict):
                 out[lib] = {**out[lib], "images": read_elem(f[key])}
     return out
+
+
+def h5ad_patient(path: str | Path, default: str) -> str:
+    """The first spot's `obs['patient']` of a cache `.h5ad`, read from that one column (not the whole AnnData)."""
+    import h5py
+    from anndata.io import read_elem
+
+    with h5py.File(path, "r") as f:
+        obs = f["obs"]
+        if C.OBS_PATIENT not in obs:
+            return default
+        col = obs[C.OBS_PATIENT]
+        if isinstance(col, h5py.Group) and "codes" in col:  # categorical: one code and the category table
+            codes = col["codes"]
+            return str(read_elem(col["categories"])[int(codes[0])]) if codes.shape[0] else default
+        values = read_elem(col)
+        return str(values[0]) if len(values) else default
+
