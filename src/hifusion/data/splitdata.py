@@ -95,19 +95,11 @@ def section_array_coords(adata: Any) -> np.ndarray:
 
 
 def cache_patients(cache: Path) -> dict[str, str]:
-    """Section -> patient for every section in a cache (read from each .h5ad's obs, without loading X)."""
-    import anndata as ad
-
+    """Section -> patient for every section in a cache (one obs column of each .h5ad, not the whole AnnData)."""
     from hifusion.data.prepare import cache_sections
+    from hifusion.data.sectionmeta import h5ad_patient
 
-    out = {}
-    for s in cache_sections(cache):
-        a = ad.read_h5ad(Path(cache) / f"{s}{C.H5AD_SUFFIX}", backed="r")
-        try:
-            out[s] = str(a.obs[C.OBS_PATIENT].iloc[0]) if C.OBS_PATIENT in a.obs and a.n_obs else s
-        finally:
-            a.file.close()
-    return out
+    return {s: h5ad_patient(Path(cache) / f"{s}{C.H5AD_SUFFIX}", s) for s in cache_sections(cache)}
 
 
 def load_split(
