@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from hifusion.constants import (
     PATCHES_SUFFIX,
     UNS_HIFUSION,
 )
+from hifusion.data.h5cache import close_h5, open_h5
 from hifusion.data.patches import spot_from_region
 from hifusion.errors import InputError
 
@@ -65,12 +65,14 @@ def read_manifest(cache_dir: str | Path) -> dict[str, Any] | None:
 
 
 class PatchFile:
-    """Reader of a `<section>.patches.h5`; opens the HDF5 file lazily once per process (safe in DataLoader workers)."""
+    """Reader of a `<section>.patches.h5`; the HDF5 handle comes from a bounded per-process LRU (`data.h5cache`).
+
+    Opened lazily in the process that reads (safe in DataLoader workers); over a large cohort only the most recently
+    read files stay open, so descriptors and HDF5 chunk caches do not grow with the number of sections.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._h5: h5py.File | None = None
-        self._pid: int | None = None
         try:
             with h5py.File(self.path, "r") as f:
                 self.attrs: dict[str, Any] = {k: _plain(v) for k, v in f.attrs.items()}
@@ -82,10 +84,7 @@ class PatchFile:
             raise InputError(msg, self.path) from exc
 
     def _file(self) -> h5py.File:
-        if self._h5 is None or self._pid != os.getpid():
-            self._h5 = h5py.File(self.path, "r")
-            self._pid = os.getpid()
-        return self._h5
+        return open_h5(self.path)
 
     def __len__(self) -> int:
         return self._len
@@ -99,14 +98,7 @@ class PatchFile:
         return spot_from_region(self.get(i), self.spot_px)
 
     def close(self) -> None:
-        if self._h5 is not None and self._pid == os.getpid():
-            self._h5.close()
-        self._h5 = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_h5"], state["_pid"] = None, None
-        return state
+        close_h5(self.path)
 
     pixel_size = property(lambda self: float(self.attrs[H5_ATTR_PIXEL_SIZE]))
     spot_px = property(lambda self: int(self.attrs[H5_ATTR_SPOT_PX]))

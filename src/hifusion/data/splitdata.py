@@ -91,19 +91,11 @@ def section_array_coords(adata: Any) -> np.ndarray:
 
 
 def cache_patients(cache: Path) -> dict[str, str]:
-    """Section -> patient for every section in a cache (read from each .h5ad's obs, without loading X)."""
-    import anndata as ad
-
+    """Section -> patient for every section in a cache (one obs column of each .h5ad, not the whole AnnData)."""
     from hifusion.data.cache import cache_sections
+    from hifusion.data.sectionmeta import h5ad_patient
 
-    out = {}
-    for s in cache_sections(cache):
-        a = ad.read_h5ad(Path(cache) / f"{s}{C.H5AD_SUFFIX}", backed="r")
-        try:
-            out[s] = str(a.obs[C.OBS_PATIENT].iloc[0]) if C.OBS_PATIENT in a.obs and a.n_obs else s
-        finally:
-            a.file.close()
-    return out
+    return {s: h5ad_patient(Path(cache) / f"{s}{C.H5AD_SUFFIX}", s) for s in cache_sections(cache)}
 
 
 def _patch_sizes(cache: Path, sections: list[str], patches: dict[str, Any], spot_px: int | None,
@@ -156,11 +148,13 @@ def load_split(
     """Load the cache sections of a split, choose the panel on training sections and build labels."""
     from hifusion.data.cache import load_cache
     from hifusion.data.genes import make_labels, select_panel, top_variable_genes
+    from hifusion.data.sectionmeta import drop_images, without_counts
 
     sections = list(dict.fromkeys(split.train + split.val + split.test))
     adatas, patches = {}, {}
     for s in sections:
         adatas[s], patches[s] = load_cache(cache, s)
+        drop_images(adatas[s])  # memory flat in the cohort size: thumbnails are re-read for the few maps drawn
     first = patches[sections[0]]
     spot, region = _patch_sizes(cache, sections, patches, spot_px, region_factor or data_cfg.region_factor)
 
@@ -178,6 +172,7 @@ def load_split(
             keep = np.flatnonzero(~a.obs[C.OBS_LOW_COUNTS].to_numpy(bool))
         rows[s] = keep
         labels[s] = make_labels(a[keep], panel, transform=data_cfg.label, zero_fill=data_cfg.genes.zero_fill)
+        adatas[s] = without_counts(a)  # the float32 panel labels are all that training and scoring read
 
     train_rows, val_rows = _fit_rows(split, adatas, rows, val_cfg, seed)
 

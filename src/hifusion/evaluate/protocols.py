@@ -28,6 +28,7 @@ from hifusion.train.distributed import is_global_zero, wait_until
 
 DONE_FILE = "done.json"
 PRED_FILE = "predictions.npz"
+MAX_MAP_SECTIONS = 8  # marker-map figures for the first test sections only: one per section does not scale
 
 
 @dataclass
@@ -101,7 +102,9 @@ def prediction_adata(data: Any, section: str, pred: np.ndarray) -> Any:
     out.layers["truth"] = data.labels[section].astype(np.float32)
     out.obsm[C.OBSM_SPATIAL] = np.asarray(src.obsm[C.OBSM_SPATIAL])[rows]
     if C.UNS_SPATIAL in src.uns:
-        out.uns[C.UNS_SPATIAL] = src.uns[C.UNS_SPATIAL]
+        from hifusion.data.sectionmeta import spatial_uns
+
+        out.uns[C.UNS_SPATIAL] = spatial_uns(src)  # with the H&E thumbnail, re-read from the cache if dropped
     out.uns["label_transform"] = data.label
     return out
 
@@ -179,7 +182,7 @@ class _Collected:
     curves: dict[str, pd.DataFrame] = field(default_factory=dict)
     timings: list[dict[str, Any]] = field(default_factory=list)
     panels: dict[str, list[str]] = field(default_factory=dict)
-    map_inputs: list[tuple[Any, str, dict[str, np.ndarray]]] = field(default_factory=list)
+    map_inputs: list[tuple[Any, ...]] = field(default_factory=list)
 
 
 def _make_splits(cfg: Config, cache: Path) -> list[Any]:
@@ -251,8 +254,9 @@ def _run_split(cfg: Config, cache: Path, out: Path, split: Any, models: list[Mod
                 _score(out, data, split.name, s, label, preds[s], got.metric_rows, got.gene_frames)
                 if not vname:
                     split_preds[s][label] = preds[s]
-    for s in split.test:
-        got.map_inputs.append((data, s, split_preds[s]))
+    for s in split.test[: max(0, MAX_MAP_SECTIONS - len(got.map_inputs))]:  # what a map needs, not the split
+        got.map_inputs.append((s, data.adatas[s], data.rows[s], data.labels[s], split_preds[s], data.panel,
+                               data.label))
 
 
 def _run_meta(cfg: Config, models: list[ModelConfig], splits: list[Any], got: _Collected, *, title: str,
@@ -325,23 +329,23 @@ def run_benchmark(
     return BenchmarkResult(out=out, metrics=metrics, per_gene=per_gene, report=report, seconds=seconds)
 
 
-def _figures(out: Path, map_inputs: list[tuple[Any, str, dict[str, np.ndarray]]],
+def _figures(out: Path, map_inputs: list[tuple[Any, ...]],
              curves: dict[str, pd.DataFrame]) -> dict[str, list[Path]]:
+    from hifusion.data.sectionmeta import spatial_uns
     from hifusion.plots import plot_marker_maps, plot_training_curves
 
     figs: dict[str, list[Path]] = {"maps": [], "curves": []}
     fig_dir = out / "figures"
     fig_dir.mkdir(exist_ok=True)
-    for data, s, preds in map_inputs:
-        src = data.adatas[s]
-        spatial = src.uns.get(C.UNS_SPATIAL, {}).get(s, {})
+    for s, src, rows, labels, preds, panel, label in map_inputs:
+        spatial = (spatial_uns(src) or {}).get(s, {})
         thumb = spatial.get("images", {}).get(C.UNS_HIRES)
         sf = spatial.get("scalefactors", {})
         figs["maps"].append(plot_marker_maps(
             fig_dir / f"maps_{s}.png", thumb, float(sf.get(C.UNS_HIRES_SCALEF, 1.0)),
-            np.asarray(src.obsm[C.OBSM_SPATIAL])[data.rows[s]], data.labels[s], preds,
-            genes=data.panel, panel=list(C.MARKER_GENES),
-            spot_diameter_px=float(sf.get(C.UNS_SPOT_DIAMETER, 100.0)), label=data.label,
+            np.asarray(src.obsm[C.OBSM_SPATIAL])[rows], labels, preds,
+            genes=panel, panel=list(C.MARKER_GENES),
+            spot_diameter_px=float(sf.get(C.UNS_SPOT_DIAMETER, 100.0)), label=label,
         ))
     if curves:
         figs["curves"].append(plot_training_curves(fig_dir / "training_curves.png", curves))
