@@ -111,10 +111,10 @@ def adabn(owner: Any, batches: Iterable[Any], forward: Callable[[Any], Any]) -> 
 
     Running statistics are reset and averaged with equal weight over the batches (momentum None); every other layer
     stays in eval mode (no dropout) and no weight changes. The original model is put back afterwards. With no batch
-    the trained statistics are kept.
+    the trained statistics are kept. A model whose `adapts_batchnorm` is False is left as it is.
     """
     orig = owner.model
-    if not has_batchnorm(orig):
+    if not has_batchnorm(orig) or not getattr(orig, "adapts_batchnorm", True):  # e.g. a probe on frozen features
         yield
         return
     adapted = copy.deepcopy(orig)

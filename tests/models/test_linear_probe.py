@@ -38,3 +38,23 @@ def test_linear_probe_alpha_options() -> None:
     assert float(m.alpha_used) > 0
     with pytest.raises(ConfigError):
         create_model("linear_probe", alpha="loo")
+
+
+def test_linear_probe_is_not_moved_by_adabn() -> None:
+    """Its ridge map was fitted on the encoder's own BatchNorm statistics: re-estimated ones would leave it (a random
+    ResNet's features changed scale by orders of magnitude, MSE ~10^4 in the demo), so AdaBN leaves the probe as is."""
+    from types import SimpleNamespace
+
+    from hifusion.preprocess import adabn
+
+    torch.manual_seed(0)
+    m = create_model("linear_probe", n_genes=3, encoder="resnet10", n_components=4, alpha="hest").eval()
+    spot = torch.randn(8, 3, 32, 32)
+    m.fit_features(m.features(spot).numpy(), np.random.default_rng(0).normal(size=(8, 3)))
+    plain = m(spot).pred
+    owner = SimpleNamespace(model=m)
+    target = [torch.randn(8, 3, 32, 32) * 2 + 1]
+    with adabn(owner, target, lambda b: owner.model(b)):
+        assert owner.model is m
+        assert torch.equal(owner.model(spot).pred, plain)
+    assert torch.equal(m(spot).pred, plain)

@@ -35,6 +35,8 @@ __all__ = ["LinearProbe"]
 class LinearProbe(nn.Module):
     """Frozen encoder + affine map fitted in closed form (see module docstring)."""
 
+    adapts_batchnorm = False  # see `features`: test-time BatchNorm re-estimation would leave the ridge map
+
     loss_name = "mse"
     input_kind = "features"
 
@@ -64,14 +66,12 @@ class LinearProbe(nn.Module):
 
     @torch.no_grad()
     def features(self, spot: Tensor) -> Tensor:
-        """Pooled frozen-encoder features (B, C) of normalised spot patches.
+        """Pooled frozen-encoder features (B, C) of normalised spot patches, always with the encoder in eval mode.
 
-        The encoder is frozen: in a training-mode model it is still run in eval mode. A model in eval mode is run as
-        it is, so test-time BatchNorm re-estimation (AdaBN), which puts only the BatchNorm layers in training mode,
-        reaches the encoder.
+        The ridge map was fitted on features made with the encoder's own BatchNorm statistics; features made with any
+        other statistics (AdaBN's) are off that map, so the probe opts out of AdaBN (`adapts_batchnorm`).
         """
-        if self.training:
-            self.encoder.eval()
+        self.encoder.eval()
         return self.encoder(spot).float().mean(dim=(2, 3))
 
     def fit_features(self, x: np.ndarray, y: np.ndarray) -> LinearProbe:
