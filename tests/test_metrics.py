@@ -197,7 +197,7 @@ def test_agrees_with_shared_anchors_module() -> None:
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[3] / "shared" / "tools" / "anchors.py"
+    path = Path(__file__).resolve().parents[2] / "shared" / "tools" / "anchors.py"
     if not path.exists():
         pytest.skip("shared/tools/anchors.py not present")
     spec = importlib.util.spec_from_file_location("_anchors", path)
