@@ -10,6 +10,7 @@ lean; `spatial_uns` gives `uns['spatial']` back with its images, re-read from th
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -45,15 +46,22 @@ def spatial_uns(adata: ad.AnnData) -> dict[str, Any] | None:
     path = Path(str(info.get("h5ad_path", "")))
     if not path.is_file():
         return out
+    for lib in out:
+        images = _cached_images(str(path), str(lib))
+        if images is not None and isinstance(out[lib], dict):
+            out[lib] = {**out[lib], "images": dict(images)}
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_images(path: str, lib: str) -> dict[str, Any] | None:
+    """A section's images, read once for the prediction files of all its models and variants (a few sections held)."""
     import h5py
     from anndata.io import read_elem
 
     with h5py.File(path, "r") as f:
-        for lib in out:
-            key = f"uns/{C.UNS_SPATIAL}/{lib}/images"
-            if key in f and isinstance(out[lib], dict):
-                out[lib] = {**out[lib], "images": read_elem(f[key])}
-    return out
+        key = f"uns/{C.UNS_SPATIAL}/{lib}/images"
+        return read_elem(f[key]) if key in f else None
 
 
 def h5ad_patient(path: str | Path, default: str) -> str:
