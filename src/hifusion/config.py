@@ -121,6 +121,8 @@ class TrainConfig(_Strict):
     augment: bool = True
     seed: int = 0
     ensemble: int = Field(1, ge=1)  # benchmark: train this many seeds (seed, seed+1, ...) and average them
+    # at most this many (shuffled) batches per epoch, None: all. For smoke runs and scale benchmarks on large cohorts
+    max_steps_per_epoch: int | None = Field(None, gt=0)
     accelerator: str = "auto"
     devices: int | str = 1
     num_nodes: int = Field(1, gt=0)

@@ -83,3 +83,25 @@ def test_transform_registry():
     assert set(LABEL_TRANSFORMS) == {"logprop", "log1p_cpm"}
     with pytest.raises(ConfigError):
         make_labels(adata([[1]], ["A"]), ["A"], "zscore")
+
+
+def test_panel_streams_from_a_generator_with_the_same_result() -> None:
+    rng = np.random.default_rng(0)
+    genes = [f"G{i}" for i in range(30)]
+    secs = [adata(rng.poisson(rng.random(30) * 5, size=(20, 30)), genes) for _ in range(4)]
+    secs[2] = secs[2][:, genes[::-1]].copy()  # another gene order
+    secs[3] = secs[3][:, genes[:25]].copy()  # fewer genes: only the common ones can be chosen
+    consumed: list[int] = []
+
+    def gen():  # type: ignore[no-untyped-def]
+        for i, a in enumerate(secs):
+            consumed.append(i)
+            yield a
+
+    streamed = select_panel(gen(), "top_mean", n=10)
+    assert consumed == [0, 1, 2, 3]
+    assert streamed == select_panel(secs, "top_mean", n=10)
+    assert set(streamed) <= set(genes[:25])
+    assert select_panel(gen(), "hvg", n=5) == select_panel(secs, "hvg", n=5)
+    with pytest.raises(ConfigError, match="at least one training section"):
+        select_panel(iter([]), "top_mean", n=3)

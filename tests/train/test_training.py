@@ -115,3 +115,10 @@ def test_validation_split_writes_best_checkpoint(dataset: Path, cache: Path, tmp
     assert (run / C.CKPT_DIR / C.CKPT_BEST).is_file()
     history = pd.read_csv(run / C.RUN_METRICS)
     assert "val_mse" in history.columns and "val_pcc_gene" in history.columns
+
+
+def test_max_steps_per_epoch_caps_the_batches_of_each_epoch(dataset: Path, cache: Path, tmp_path: Path) -> None:
+    _run(dataset, cache, tmp_path / "cap", models=["hifusion"], max_steps_per_epoch=1)
+    ckpt = torch.load(tmp_path / "cap" / "runs" / "fixed" / "hifusion" / C.CKPT_DIR / C.CKPT_LAST,
+                      map_location="cpu", weights_only=False)
+    assert ckpt["epoch"] == 1 and ckpt["global_step"] == 2  # 2 epochs of one batch each (P1 alone has 36 spots)

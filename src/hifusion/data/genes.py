@@ -6,7 +6,7 @@ influence which genes are chosen.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,18 +59,40 @@ def _pooled(mats: list[tuple[sp.csr_matrix, list[str], str]], genes: list[str]) 
     return sp.vstack(blocks).tocsr()
 
 
-def _top_mean(mats: list[tuple[sp.csr_matrix, list[str], str]], n: int, **_: Any) -> list[str]:
-    """Top-n by mean raw count pooled over all spots; ties by gene name. Sums of integers are exact in float64."""
-    genes = _common_genes(mats)
-    sums = np.asarray(_pooled(mats, genes).sum(axis=0, dtype=np.float64)).ravel()
-    order = sorted(range(len(genes)), key=lambda i: (-sums[i], genes[i]))
-    return [genes[i] for i in order[:n]]
+def _top_mean(mats: Iterable[tuple[sp.csr_matrix, list[str], str]], n: int, **_: Any) -> list[str]:
+    """Top-n by mean raw count pooled over all spots; ties by gene name. Sums of integers are exact in float64.
+
+    Streams: one section's counts at a time, so choosing a panel on a 1,000-section cohort holds per-gene sums only.
+    """
+    order: list[str] | None = None
+    sums: dict[str, float] = {}
+    common: set[str] = set()
+    for x, names, _ in mats:
+        col = np.asarray(sp.csr_matrix(x).sum(axis=0, dtype=np.float64)).ravel()
+        if order is None:
+            order, common = list(names), set(names)
+        else:
+            common &= set(names)
+        for g, v in zip(names, col.tolist(), strict=True):
+            if g in common:
+                sums[g] = sums.get(g, 0.0) + v
+    if order is None:
+        return []
+    genes = [g for g in order if g in common]
+    ranked = sorted(genes, key=lambda g: (-sums[g], g))
+    return ranked[:n]
 
 
-def _hvg(mats: list[tuple[sp.csr_matrix, list[str], str]], n: int, **_: Any) -> list[str]:
-    """scanpy highly_variable_genes (flavour 'seurat') on normalize_total(1e4) + log1p of pooled counts."""
+def _hvg(mats: Iterable[tuple[sp.csr_matrix, list[str], str]], n: int, **_: Any) -> list[str]:
+    """scanpy highly_variable_genes (flavour 'seurat') on normalize_total(1e4) + log1p of pooled counts.
+
+    Needs the training sections' counts pooled in memory (scanpy's binning by mean is over all genes at once).
+    """
     import scanpy as sc
 
+    mats = list(mats)
+    if not mats:
+        return []
     genes = _common_genes(mats)
     a = ad.AnnData(X=_pooled(mats, genes).astype(np.float32))
     a.var_names = pd.Index(genes)
@@ -99,13 +121,15 @@ def read_gene_file(path: str | Path) -> list[str]:
 
 
 def _from_file(
-    mats: list[tuple[sp.csr_matrix, list[str], str]], n: int, gene_file: str | Path | None = None, **_: Any
+    mats: Iterable[tuple[sp.csr_matrix, list[str], str]], n: int, gene_file: str | Path | None = None, **_: Any
 ) -> list[str]:
     if gene_file is None:
         raise ConfigError("gene panel method 'file' needs a gene list file")
     genes = read_gene_file(gene_file)
-    if mats:
-        common = set(_common_genes(mats))
+    common: set[str] | None = None
+    for _, names, _ in mats:
+        common = set(names) if common is None else common & set(names)
+    if common is not None:
         unknown = [g for g in genes if g not in common]
         if unknown:
             raise InputError(
@@ -118,22 +142,33 @@ PANEL_METHODS: dict[str, Callable[..., list[str]]] = {"top_mean": _top_mean, "hv
 
 
 def select_panel(
-    adatas_or_counts: Sequence[CountsLike],
+    adatas_or_counts: Iterable[CountsLike],
     method: str = "top_mean",
     n: int = 250,
     gene_file: str | Path | None = None,
 ) -> list[str]:
-    """The gene panel chosen on the given (training) sections, in rank order."""
+    """The gene panel chosen on the given (training) sections, in rank order.
+
+    Sections may come from a generator: `top_mean` and `file` then read one at a time (memory flat in the cohort).
+    """
     if method not in PANEL_METHODS:
         raise ConfigError(f"unknown gene panel method {method!r}; choose one of {sorted(PANEL_METHODS)}")
-    mats = [_as_counts(a) for a in adatas_or_counts]
-    if not mats and method != "file":
-        raise ConfigError(f"gene panel method {method!r} needs at least one training section")
     if n < 1:
         raise ConfigError(f"gene panel size must be positive, got {n}")
-    panel = PANEL_METHODS[method](mats, n, gene_file=gene_file)
+    seen: list[str] = []  # the first section's name, for the error below
+
+    def mats() -> Iterator[tuple[sp.csr_matrix, list[str], str]]:
+        for a in adatas_or_counts:
+            m = _as_counts(a)
+            if not seen:
+                seen.append(m[2])
+            yield m
+
+    panel = PANEL_METHODS[method](mats(), n, gene_file=gene_file)
+    if not seen and method != "file":
+        raise ConfigError(f"gene panel method {method!r} needs at least one training section")
     if not panel:
-        raise InputError("the training sections share no gene", mats[0][2] if mats else None)
+        raise InputError("the training sections share no gene", seen[0] if seen else None)
     return panel
 
 

@@ -151,28 +151,26 @@ def load_split(
     from hifusion.data.sectionmeta import drop_images, without_counts
 
     sections = list(dict.fromkeys(split.train + split.val + split.test))
-    adatas, patches = {}, {}
-    for s in sections:
-        adatas[s], patches[s] = load_cache(cache, s)
-        drop_images(adatas[s])  # memory flat in the cohort size: thumbnails are re-read for the few maps drawn
-    first = patches[sections[0]]
-    spot, region = _patch_sizes(cache, sections, patches, spot_px, region_factor or data_cfg.region_factor)
-
+    # Two passes so that no more than one section's full counts are in memory at a time: the panel is chosen on
+    # the training sections read one by one, then every section is read again and kept as float32 panel labels.
     panel = select_panel(
-        [adatas[s] for s in split.train],
+        (load_cache(cache, s)[0] for s in split.train),
         method=data_cfg.genes.method,
         n=data_cfg.genes.n,
         gene_file=data_cfg.genes.file,
     )
-    rows, labels = {}, {}
+    adatas, patches, rows, labels = {}, {}, {}, {}
     for s in sections:
-        a = adatas[s]
+        a, patches[s] = load_cache(cache, s)
+        drop_images(a)  # memory flat in the cohort size: thumbnails are re-read for the few maps drawn
         keep = np.arange(a.n_obs)
         if data_cfg.drop_low_counts and C.OBS_LOW_COUNTS in a.obs:
             keep = np.flatnonzero(~a.obs[C.OBS_LOW_COUNTS].to_numpy(bool))
         rows[s] = keep
         labels[s] = make_labels(a[keep], panel, transform=data_cfg.label, zero_fill=data_cfg.genes.zero_fill)
         adatas[s] = without_counts(a)  # the float32 panel labels are all that training and scoring read
+    first = patches[sections[0]]
+    spot, region = _patch_sizes(cache, sections, patches, spot_px, region_factor or data_cfg.region_factor)
 
     train_rows, val_rows = _fit_rows(split, adatas, rows, val_cfg, seed)
 

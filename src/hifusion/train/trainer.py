@@ -168,8 +168,9 @@ def run_lightning(module: Any, datamodule: Any, cfg: TrainConfig, run_dir: Path,
         use_distributed_sampler=False,
         num_sanity_val_steps=0,
         limit_val_batches=None if has_val else 0,
+        limit_train_batches=cfg.max_steps_per_epoch,  # None: every batch
         enable_model_summary=False,
-        log_every_n_steps=max(1, steps_per_epoch),
+        log_every_n_steps=max(1, min(steps_per_epoch, cfg.max_steps_per_epoch or steps_per_epoch)),
         default_root_dir=run_dir,
         enable_progress_bar=use_bar(),
     )
