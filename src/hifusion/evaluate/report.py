@@ -299,7 +299,9 @@ def _figure_lines(out_dir: Path, figures: Mapping[str, Sequence[Path]] | None) -
         lines += [f"### {caption}", ""]
         for p in paths:
             p = Path(p)
-            rel = os.path.relpath(p if p.is_absolute() else out_dir / p, out_dir)
+            if not p.is_absolute():  # relative to out_dir, or to the working directory (a relative --out)
+                p = out_dir / p if (out_dir / p).exists() or not p.exists() else p.resolve()
+            rel = os.path.relpath(p.resolve() if p.exists() else p, out_dir.resolve())
             rel = Path(rel).as_posix()
             lines += [f"![{p.stem}]({rel})", ""]
     return lines
@@ -316,9 +318,9 @@ def write_report(
 ) -> Path:
     """Write ``<out_dir>/report.md`` atomically and return its path.
 
-    `figures` maps a caption to image paths (absolute, or relative to `out_dir`); links are written relative to
-    `out_dir` so the folder can be moved. `meta` keys shown first: dataset, protocol, train_sections, test_sections,
-    panel_size, label_transform, command (others are listed after them).
+    `figures` maps a caption to image paths (absolute, relative to `out_dir` or to the working directory); links
+    are written relative to `out_dir` so the folder can be moved. `meta` keys shown first: dataset, protocol,
+    train_sections, test_sections, panel_size, label_transform, command (others are listed after them).
     """
     metrics = _check(metrics, METRIC_COLUMNS, "metrics")
     per_gene = _check(per_gene, PER_GENE_COLUMNS, "per-gene")
@@ -344,7 +346,7 @@ def write_report(
     lines += [_const_line(wide, per_gene), ""]
     lines += ["## Marker genes", ""] + _markers(per_gene, models) + [""]
     lines += ["## Paired tests", ""] + _wilcoxon(per_gene, reference) + [""]
-    lines += [f"Tests over sections need at least {MIN_SECTIONS} sections.", ""]
+    lines += [f"Tests over sections are run only with at least {MIN_SECTIONS} test sections.", ""]
     fig_lines = _figure_lines(out, figures)
     if fig_lines:
         lines += ["## Figures", "", *fig_lines]
