@@ -126,3 +126,26 @@ def test_seed_ensemble_averages_its_members(tmp_path: Path) -> None:
         np.testing.assert_allclose(ens[s], (members[0][s] + members[1][s]) / 2, rtol=1e-6, atol=1e-6)
     info = json.loads((run / "done.json").read_text())
     assert [m["seed"] for m in info["members"]] == [0, 1]
+
+
+def test_rotation_keeps_every_splits_prediction_file_and_map(tmp_path: Path) -> None:
+    """The rotation tests each section in several splits: one file per (split, section), none overwritten."""
+    import anndata as ad
+
+    root = write_dataset(tmp_path / "raw", sections=("P1", "P2", "P3"))
+    raw = tiny_config(root, tmp_path / "cache", tmp_path)
+    raw["protocol"] = {"name": "rotation"}
+    res = run_benchmark(parse_config(raw), tmp_path / "rot", models=[parse_config(raw).benchmark_models()[-1]])
+    assert res.metrics["model"].unique().tolist() == ["mean_profile"]
+    pdir = res.out / "predictions" / "mean_profile"
+    files = sorted(p.relative_to(pdir).as_posix() for p in pdir.rglob("*.h5ad"))
+    assert files == [f"rot-{tr}/{te}.h5ad" for tr in ("P1", "P2", "P3") for te in ("P1", "P2", "P3") if te != tr]
+    # each file holds its own split's prediction: the training mean of that split's training section
+    for tr in ("P1", "P2"):
+        a = ad.read_h5ad(pdir / f"rot-{tr}" / "P3.h5ad")
+        assert np.allclose(a.X, a.X[0])
+    p1, p2 = (ad.read_h5ad(pdir / f"rot-{tr}" / "P3.h5ad").X[0] for tr in ("P1", "P2"))
+    assert not np.allclose(p1, p2)
+    maps = sorted(p.name for p in (res.out / "figures").glob("maps_*.png"))
+    assert maps == sorted(f"maps_{te}_rot-{tr}.png" for tr in ("P1", "P2", "P3") for te in ("P1", "P2", "P3")
+                          if te != tr)

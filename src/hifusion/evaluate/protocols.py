@@ -12,6 +12,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,8 +155,10 @@ def _fit_members(m: ModelConfig, train_cfg: Any, data: Any, mdir: Path, resume: 
 
 
 def _score(out: Path, data: Any, split: str, section: str, label: str, pred: np.ndarray,
-           metric_rows: list[dict[str, Any]], gene_frames: list[pd.DataFrame]) -> None:
-    """Score one model's predictions of one test section; write them as AnnData beside the tables."""
+           metric_rows: list[dict[str, Any]], gene_frames: list[pd.DataFrame], per_split: bool = False) -> None:
+    """Score one model's predictions of one test section; write them as AnnData beside the tables
+    (`predictions/<model>/<section>.h5ad`, or `.../<split>/<section>.h5ad` when the protocol tests the section in
+    several splits, as the rotation does)."""
     from hifusion.metrics import per_gene_metrics, section_metrics
 
     truth = data.labels[section]
@@ -167,7 +170,7 @@ def _score(out: Path, data: Any, split: str, section: str, label: str, pred: np.
     g.insert(0, "split", split)
     g.insert(0, "model", label)
     gene_frames.append(g)
-    pdir = out / "predictions" / label
+    pdir = out / "predictions" / label / (split if per_split else "")
     pdir.mkdir(parents=True, exist_ok=True)
     with atomic_path(pdir / f"{section}{C.H5AD_SUFFIX}") as tmp:
         prediction_adata(data, section, pred).write_h5ad(tmp)
@@ -224,8 +227,9 @@ def _model_predictions(cfg: Config, m: ModelConfig, split: Any, mdata: Any, mdir
 
 
 def _run_split(cfg: Config, cache: Path, out: Path, split: Any, models: list[ModelConfig], resume: bool,
-               writer: bool, region_factors: dict[str, float] | None, got: _Collected) -> None:
-    """Fit (or read back) and score every model on one split."""
+               writer: bool, region_factors: dict[str, float] | None, got: _Collected,
+               repeated: frozenset[str] = frozenset()) -> None:
+    """Fit (or read back) and score every model on one split; `repeated`: sections other splits test too."""
     from hifusion.data.splitdata import load_split
 
     data = load_split(cache, split, cfg.data, cfg.train.val, seed=cfg.train.seed)
@@ -251,11 +255,13 @@ def _run_split(cfg: Config, cache: Path, out: Path, split: Any, models: list[Mod
         for vname, preds in variant_preds.items():
             label = m.display if not vname else f"{m.display} [{vname}]"
             for s in split.test:
-                _score(out, data, split.name, s, label, preds[s], got.metric_rows, got.gene_frames)
+                _score(out, data, split.name, s, label, preds[s], got.metric_rows, got.gene_frames,
+                       per_split=s in repeated)
                 if not vname:
                     split_preds[s][label] = preds[s]
     for s in split.test[: max(0, MAX_MAP_SECTIONS - len(got.map_inputs))]:  # what a map needs, not the split
-        got.map_inputs.append((s, data.adatas[s], data.rows[s], data.labels[s], split_preds[s], data.panel,
+        name = f"{s}_{split.name}" if s in repeated else s
+        got.map_inputs.append((s, name, data.adatas[s], data.rows[s], data.labels[s], split_preds[s], data.panel,
                                data.label))
 
 
@@ -309,8 +315,10 @@ def run_benchmark(
     cache = ensure_cache(cfg.data)
     splits = _make_splits(cfg, cache)
     got = _Collected()
+    tested = Counter(s for split in splits for s in split.test)
+    repeated = frozenset(s for s, n in tested.items() if n > 1)
     for split in splits:
-        _run_split(cfg, cache, out, split, models, resume, writer, region_factors, got)
+        _run_split(cfg, cache, out, split, models, resume, writer, region_factors, got, repeated)
     metrics = pd.DataFrame(got.metric_rows)
     per_gene = pd.concat(got.gene_frames, ignore_index=True) if got.gene_frames else pd.DataFrame()
     if not writer:
@@ -337,12 +345,12 @@ def _figures(out: Path, map_inputs: list[tuple[Any, ...]],
     figs: dict[str, list[Path]] = {"maps": [], "curves": []}
     fig_dir = out / "figures"
     fig_dir.mkdir(exist_ok=True)
-    for s, src, rows, labels, preds, panel, label in map_inputs:
+    for s, name, src, rows, labels, preds, panel, label in map_inputs:
         spatial = (spatial_uns(src) or {}).get(s, {})
         thumb = spatial.get("images", {}).get(C.UNS_HIRES)
         sf = spatial.get("scalefactors", {})
         figs["maps"].append(plot_marker_maps(
-            fig_dir / f"maps_{s}.png", thumb, float(sf.get(C.UNS_HIRES_SCALEF, 1.0)),
+            fig_dir / f"maps_{name}.png", thumb, float(sf.get(C.UNS_HIRES_SCALEF, 1.0)),
             np.asarray(src.obsm[C.OBSM_SPATIAL])[rows], labels, preds,
             genes=panel, panel=list(C.MARKER_GENES),
             spot_diameter_px=float(sf.get(C.UNS_SPOT_DIAMETER, 100.0)), label=label,
