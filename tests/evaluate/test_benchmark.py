@@ -128,14 +128,16 @@ def test_seed_ensemble_averages_its_members(tmp_path: Path) -> None:
     assert [m["seed"] for m in info["members"]] == [0, 1]
 
 
-def test_rotation_keeps_every_splits_prediction_file_and_map(tmp_path: Path) -> None:
-    """The rotation tests each section in several splits: one file per (split, section), none overwritten."""
+def test_rotation_keeps_every_splits_prediction_file_and_map(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rotation tests each section in several splits: one file per (split, section), none overwritten; with a
+    relative results folder (`--out runs/x`) the report still links its maps."""
     import anndata as ad
 
     root = write_dataset(tmp_path / "raw", sections=("P1", "P2", "P3"))
     raw = tiny_config(root, tmp_path / "cache", tmp_path)
     raw["protocol"] = {"name": "rotation"}
-    res = run_benchmark(parse_config(raw), tmp_path / "rot", models=[parse_config(raw).benchmark_models()[-1]])
+    monkeypatch.chdir(tmp_path)
+    res = run_benchmark(parse_config(raw), Path("rot"), models=[parse_config(raw).benchmark_models()[-1]])
     assert res.metrics["model"].unique().tolist() == ["mean_profile"]
     pdir = res.out / "predictions" / "mean_profile"
     files = sorted(p.relative_to(pdir).as_posix() for p in pdir.rglob("*.h5ad"))
@@ -149,3 +151,4 @@ def test_rotation_keeps_every_splits_prediction_file_and_map(tmp_path: Path) -> 
     maps = sorted(p.name for p in (res.out / "figures").glob("maps_*.png"))
     assert maps == sorted(f"maps_{te}_rot-{tr}.png" for tr in ("P1", "P2", "P3") for te in ("P1", "P2", "P3")
                           if te != tr)
+    assert "![maps_P1_rot-P2](figures/maps_P1_rot-P2.png)" in (res.out / "report.md").read_text()

@@ -161,15 +161,3 @@ def test_empty_tables(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="lacks columns"):
         write_tables(tmp_path, pd.DataFrame({"model": ["a"]}), pd.DataFrame())
 
-
-def test_figure_links_resolve_from_a_relative_out_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A benchmark run with `--out runs/x` passes figure paths relative to the working directory."""
-    monkeypatch.chdir(tmp_path)
-    out = Path("runs") / "x"
-    (out / "figures").mkdir(parents=True)
-    fig = out / "figures" / "maps_C3.png"
-    fig.write_bytes(b"png")
-    metrics, per_gene = _tables(["C3"])
-    text = write_report(out, metrics, per_gene, figures={"maps": [fig, Path("figures/maps_C3.png")]}).read_text()
-    links = [ln for ln in text.splitlines() if ln.startswith("![")]
-    assert links == ["![maps_C3](figures/maps_C3.png)"] * 2

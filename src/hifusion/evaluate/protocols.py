@@ -343,7 +343,7 @@ def _figures(out: Path, map_inputs: list[tuple[Any, ...]],
     from hifusion.plots import plot_marker_maps, plot_training_curves
 
     figs: dict[str, list[Path]] = {"maps": [], "curves": []}
-    fig_dir = out / "figures"
+    fig_dir = out.resolve() / "figures"  # absolute: the report links them relative to `out`, whatever the cwd
     fig_dir.mkdir(exist_ok=True)
     for s, name, src, rows, labels, preds, panel, label in map_inputs:
         spatial = (spatial_uns(src) or {}).get(s, {})

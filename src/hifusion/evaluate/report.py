@@ -299,9 +299,7 @@ def _figure_lines(out_dir: Path, figures: Mapping[str, Sequence[Path]] | None) -
         lines += [f"### {caption}", ""]
         for p in paths:
             p = Path(p)
-            if not p.is_absolute():  # relative to out_dir, or to the working directory (a relative --out)
-                p = out_dir / p if (out_dir / p).exists() or not p.exists() else p.resolve()
-            rel = os.path.relpath(p.resolve() if p.exists() else p, out_dir.resolve())
+            rel = os.path.relpath(p if p.is_absolute() else out_dir / p, out_dir)
             rel = Path(rel).as_posix()
             lines += [f"![{p.stem}]({rel})", ""]
     return lines
@@ -318,8 +316,8 @@ def write_report(
 ) -> Path:
     """Write ``<out_dir>/report.md`` atomically and return its path.
 
-    `figures` maps a caption to image paths (absolute, relative to `out_dir` or to the working directory); links
-    are written relative to `out_dir` so the folder can be moved. `meta` keys shown first: dataset, protocol,
+    `figures` maps a caption to image paths (absolute, or relative to `out_dir`); links are written relative to
+    `out_dir` so the folder can be moved. `meta` keys shown first: dataset, protocol,
     train_sections, test_sections, panel_size, label_transform, command (others are listed after them).
     """
     metrics = _check(metrics, METRIC_COLUMNS, "metrics")
