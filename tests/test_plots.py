@@ -14,6 +14,7 @@ from hifusion.plots import (
     DPI,
     SINGLE_MAP_INCH,
     SPOT_MAP_INCH,
+    backdrop,
     faded,
     plot_expression_map,
     plot_marker_maps,
@@ -157,3 +158,23 @@ def test_spot_maps_shared_scale_units_and_faded_background(tmp_path: Path) -> No
     assert "log share" in unit_label("logprop") and unit_label("zscore") == "zscore"
     f = faded(thumb)
     assert (f[..., 0] == f[..., 1]).all() and f.min() >= 255 * 0.6 - 1  # grey, and pale
+
+
+def test_backdrop_crops_and_averages_in_thumbnail_coordinates() -> None:
+    """The once-per-figure backdrop is the faded thumbnail over the view, block-averaged, and its extent puts every
+    block where its pixels were: a bright 4x4 block at columns 40-43, rows 20-23 stays at those coordinates."""
+    thumb = np.zeros((100, 120, 3), dtype=np.uint8)
+    thumb[20:24, 40:44] = 255
+    back = backdrop(thumb, (10.0, 89.0, 8.0, 71.0), panel_px=20)  # 80 x 64 px view -> blocks of 64 // 20 = 3
+    assert back is not None
+    img, (left, right, bottom, top) = back
+    step = 3
+    assert img.shape == ((72 - 8) // step, (90 - 10) // step, 4) and (img[..., 3] == 255).all()
+    assert (left, top) == (10 - 0.5, 8 - 0.5)
+    assert right - left == img.shape[1] * step and bottom - top == img.shape[0] * step
+    rows, cols = np.nonzero(img[..., 0] > faded(np.zeros((1, 1, 3), np.uint8))[0, 0, 0])
+    centre_x = left + 0.5 + (cols.mean() + 0.5) * step - 0.5
+    centre_y = top + 0.5 + (rows.mean() + 0.5) * step - 0.5
+    assert abs(centre_x - 41.5) <= step / 2 and abs(centre_y - 21.5) <= step / 2
+    assert backdrop(None, (0.0, 1.0, 0.0, 1.0), 10) is None
+    assert backdrop(thumb, (500.0, 600.0, 500.0, 600.0), 10) is None  # view outside the image
