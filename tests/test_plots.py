@@ -173,8 +173,7 @@ def test_backdrop_crops_and_averages_in_thumbnail_coordinates() -> None:
     assert (left, top) == (10 - 0.5, 8 - 0.5)
     assert right - left == img.shape[1] * step and bottom - top == img.shape[0] * step
     rows, cols = np.nonzero(img[..., 0] > faded(np.zeros((1, 1, 3), np.uint8))[0, 0, 0])
-    centre_x = left + 0.5 + (cols.mean() + 0.5) * step - 0.5
-    centre_y = top + 0.5 + (rows.mean() + 0.5) * step - 0.5
+    centre_x, centre_y = left + (cols.mean() + 0.5) * step, top + (rows.mean() + 0.5) * step  # block centres
     assert abs(centre_x - 41.5) <= step / 2 and abs(centre_y - 21.5) <= step / 2
     assert backdrop(None, (0.0, 1.0, 0.0, 1.0), 10) is None
     assert backdrop(thumb, (500.0, 600.0, 500.0, 600.0), 10) is None  # view outside the image
