@@ -120,6 +120,10 @@ class TrainConfig(_Strict):
     betas: tuple[float, float] = (0.9, 0.999)
     augment: bool = True
     seed: int = 0
+    # section: every section's per-gene label mean is replaced by the pooled training mean before fitting, so that
+    # image models learn the pattern within sections and not the differences between them (patient, depth, batch),
+    # which they could only learn from slide cues that do not carry over to a new slide. A no-op with one section.
+    centre_labels: Literal["none", "section"] = "none"
     ensemble: int = Field(1, ge=1)  # benchmark: train this many seeds (seed, seed+1, ...) and average them
     # at most this many (shuffled) batches per epoch, None: all. For smoke runs and scale benchmarks on large cohorts
     max_steps_per_epoch: int | None = Field(None, gt=0)

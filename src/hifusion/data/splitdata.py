@@ -36,6 +36,7 @@ class SplitData:
     norm_stats: dict[str, Any] | None = None  # dataset normalisation, computed once per split (train.fit)
     stain: Any = None  # the config's StainConfig (augmentation and normalisation options)
     stain_stats: dict[str, np.ndarray] | None = None  # per-section LAB mean/std of its images, computed once
+    train_level: np.ndarray | None = None  # pooled training label mean, computed once (`fit_labels`)
     top50: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @property
@@ -63,6 +64,22 @@ class SplitData:
 
     def train_labels(self) -> np.ndarray:
         return np.concatenate([self.label_rows(s, r) for s, r in self.train_rows.items() if len(r)])
+
+    def fit_labels(self, section: str, rows: np.ndarray, centre: str = "none") -> np.ndarray:
+        """Labels an image model is fitted (or validated) on: as measured, or with `centre="section"` each gene's
+        mean over these rows replaced by the pooled training mean (the level predictions are calibrated to)."""
+        y = self.label_rows(section, rows)
+        if centre == "none" or not len(y):
+            return y
+        if centre != "section":
+            raise ConfigError(f"unknown label centring '{centre}' (known: none, section)")
+        if self.train_level is None:
+            self.train_level = self.train_labels().mean(0, dtype=np.float64)
+        return (y - y.mean(0, dtype=np.float64) + self.train_level).astype(np.float32)
+
+    def fit_train_labels(self, centre: str = "none") -> np.ndarray:
+        """`fit_labels` of every training spot, in `train_labels` order."""
+        return np.concatenate([self.fit_labels(s, r, centre) for s, r in self.train_rows.items() if len(r)])
 
     def array_coords(self, section: str, rows: np.ndarray) -> np.ndarray:
         """Integer array coordinates (x, y) of the given cache rows, for whole-section models.

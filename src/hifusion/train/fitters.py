@@ -183,29 +183,30 @@ def _fit_lightning(model: torch.nn.Module, model_cfg: ModelConfig, cfg: TrainCon
                      global_rank=int(trainer.global_rank), predict=predict)
 
 
-def _spot_dataset(data: SplitData, rows: dict[str, np.ndarray], **kw: Any) -> SpotDataset | None:
+def _spot_dataset(data: SplitData, rows: dict[str, np.ndarray], centre: str, **kw: Any) -> SpotDataset | None:
     secs = _nonempty(rows)
     if not secs:
         return None
     return SpotDataset([data.patches[s] for s in secs], [rows[s] for s in secs],
-                       [data.label_rows(s, rows[s]) for s in secs], spot_px=data.spot_px, region_px=data.region_px,
-                       stain_stats=stain_list(data, secs), **kw)
+                       [data.fit_labels(s, rows[s], centre) for s in secs], spot_px=data.spot_px,
+                       region_px=data.region_px, stain_stats=stain_list(data, secs), **kw)
 
 
 @register_fitter("spot_region")
 def _fit_spot_model(model: torch.nn.Module, model_cfg: ModelConfig, cfg: TrainConfig, data: SplitData,
                     run_dir: Path, resume: bool) -> FitResult:
-    train_ds = _spot_dataset(data, data.train_rows, augment=cfg.augment, seed=cfg.seed)
+    train_ds = _spot_dataset(data, data.train_rows, cfg.centre_labels, augment=cfg.augment, seed=cfg.seed)
     if train_ds is None:
         raise ConfigError(f"split {data.split.name}: no training spots")
     return _fit_lightning(model, model_cfg, cfg, data, run_dir, resume,
-                          datasets=(train_ds, _spot_dataset(data, data.val_rows)), batch_size=cfg.batch_size,
+                          datasets=(train_ds, _spot_dataset(data, data.val_rows, cfg.centre_labels)),
+                          batch_size=cfg.batch_size,
                           head_level=torch.from_numpy(train_ds.labels.mean(0)), module_cls=ExpressionModule,
                           predictor=lambda m: rows_predictor(m, data, max(cfg.batch_size, 32)))
 
 
 def _section_dataset(data: SplitData, rows: dict[str, np.ndarray], with_labels: bool, with_region: bool,
-                     augment: bool = False, seed: int = 0) -> SectionDataset | None:
+                     augment: bool = False, seed: int = 0, centre: str = "none") -> SectionDataset | None:
     secs = _nonempty(rows)
     if not secs:
         return None
@@ -213,7 +214,7 @@ def _section_dataset(data: SplitData, rows: dict[str, np.ndarray], with_labels: 
         [data.patches[s] for s in secs],
         [rows[s] for s in secs],
         [data.array_coords(s, rows[s]) for s in secs],
-        [data.label_rows(s, rows[s]) for s in secs] if with_labels else None,
+        [data.fit_labels(s, rows[s], centre) for s in secs] if with_labels else None,
         spot_px=data.spot_px, region_px=data.region_px, augment=augment, seed=seed, with_region=with_region,
         stain_stats=stain_list(data, secs),
     )
@@ -223,10 +224,11 @@ def _section_dataset(data: SplitData, rows: dict[str, np.ndarray], with_labels: 
 def _fit_section_model(model: torch.nn.Module, model_cfg: ModelConfig, cfg: TrainConfig, data: SplitData,
                        run_dir: Path, resume: bool) -> FitResult:
     with_region = bool(getattr(model, "uses_region", True))
-    train_ds = _section_dataset(data, data.train_rows, True, with_region, augment=cfg.augment, seed=cfg.seed)
+    train_ds = _section_dataset(data, data.train_rows, True, with_region, augment=cfg.augment, seed=cfg.seed,
+                                centre=cfg.centre_labels)
     if train_ds is None:
         raise ConfigError(f"split {data.split.name}: no training spots")
-    val_ds = _section_dataset(data, data.val_rows, True, with_region)
+    val_ds = _section_dataset(data, data.val_rows, True, with_region, centre=cfg.centre_labels)
     level = torch.as_tensor(data.train_labels().mean(0), dtype=torch.float32)
     return _fit_lightning(model, model_cfg, cfg, data, run_dir, resume, datasets=(train_ds, val_ds),
                           batch_size=None, head_level=level, module_cls=SectionModule,
@@ -237,7 +239,7 @@ def _fit_section_model(model: torch.nn.Module, model_cfg: ModelConfig, cfg: Trai
 def _fit_retrieval_model(model: torch.nn.Module, model_cfg: ModelConfig, cfg: TrainConfig, data: SplitData,
                          run_dir: Path, resume: bool) -> FitResult:
     """Store the training labels (training spots only, validation excluded), then train like a spot model."""
-    model.set_reference(data.train_labels())
+    model.set_reference(data.fit_train_labels(cfg.centre_labels))
     return _fit_spot_model(model, model_cfg, cfg, data, run_dir, resume)
 
 
@@ -257,7 +259,7 @@ def _fit_features_model(model: torch.nn.Module, model_cfg: ModelConfig, cfg: Tra
                      region_px=data.region_px, stain_stats=stain_list(data, secs))
     loader = torch.utils.data.DataLoader(ds, batch_size=bs, shuffle=False, num_workers=0)
     x = predict_loader(predictor, loader, features=True)
-    model.fit_features(x, data.train_labels())
+    model.fit_features(x, data.fit_train_labels(cfg.centre_labels))
     ckpt = save_model_checkpoint(model, meta, run_dir / C.CKPT_DIR / C.CKPT_LAST)
     predict = rows_predictor(predictor, data, bs)
     preds = {s: predict(s, data.rows[s]) for s in data.test_sections}
