@@ -200,23 +200,29 @@ def predict(
     batch_size: Annotated[int, typer.Option(help="Spots per forward pass.")] = 64,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
     min_tissue: Annotated[float, typer.Option(help="Least tissue fraction of a grid spot's field of view.")] = 0.5,
-    adabn: Annotated[bool, typer.Option(help="Re-estimate BatchNorm statistics on this slide's patches "
-                                            "(the default: it lowered MSE on the rotation protocol).")] = True,
-    tta: Annotated[bool, typer.Option(help="Average over the 8 flips/rotations (8x the model time).")] = False,
-    calibrate: Annotated[str, typer.Option(help="auto (shrink where a benchmark left calibration.json beside the "
-                                                "checkpoint, else centre) | centre (each gene's slide mean set to "
-                                                "the training mean stored in the checkpoint) | shrink (centre, and "
-                                                "the pattern scaled by the factor fitted on validation spots) | "
-                                                "none.")] = "auto",
+    adabn: Annotated[bool | None, typer.Option("--adabn/--no-adabn", help="Re-estimate BatchNorm statistics on "
+                                                   "this slide's patches. Unset: the recipe.json a benchmark left "
+                                                   "beside the checkpoint, else on.")] = None,
+    tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="Average over the 8 flips/rotations (8x the "
+                                                                    "model time). Unset: recipe.json, else off.")]
+    = None,
+    calibrate: Annotated[str | None, typer.Option(help="auto (shrink where a benchmark left calibration.json beside "
+                                                       "the checkpoint, else centre) | centre (each gene's slide mean "
+                                                       "set to the training mean stored in the checkpoint) | shrink "
+                                                       "(centre, and the pattern scaled by the factor fitted on "
+                                                       "validation spots) | none. Unset: recipe.json, else auto.")]
+    = None,
 ) -> None:
     """Predict expression over a whole slide: h5ad + CSV + per-gene maps + index.html in OUT."""
     from hifusion.predict import predict_slide
+    from hifusion.predict.engine import resolve_recipe
 
+    recipe, source = resolve_recipe(checkpoint, adabn, tta, calibrate)
     result = predict_slide(
         checkpoint, slide, out, mpp=mpp, spots=spots, grid=grid, pitch_um=pitch_um, genes=_sections(genes),
-        batch_size=batch_size, device=device, progress=True, min_tissue=min_tissue, adabn=adabn, tta=tta,
-        calibrate=calibrate,
+        batch_size=batch_size, device=device, progress=True, min_tissue=min_tissue, **recipe,
     )
+    typer.echo(f"test-time options: {', '.join(f'{k}={v}' for k, v in recipe.items())} ({source})")
     typer.echo(f"predictions: {result / 'predictions.h5ad'}  maps: {result / 'index.html'}")
 
 

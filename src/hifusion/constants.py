@@ -106,3 +106,6 @@ PER_GENE_CSV = "per_gene.csv"  # per model, section and gene: pcc, mse, mae
 # Shrink factors of `calibrate: shrink` (fitted on validation spots by the benchmark), beside the checkpoints, keyed
 # by the test-time options they were fitted under ("adabn=0,tta=0"); `predict --calibrate shrink` reads them.
 CALIBRATION_JSON = "calibration.json"
+# The test-time recipe (adabn, tta, calibrate) of the benchmark that fitted the checkpoints beside it: `predict`
+# follows it unless told otherwise, so a slide is predicted the way the model was evaluated.
+RECIPE_JSON = "recipe.json"

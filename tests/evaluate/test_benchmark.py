@@ -105,6 +105,9 @@ def test_stain_options_and_test_time_variants(tmp_path: Path) -> None:
     assert 0.0 <= factor <= 1.0
     # ... and beside the checkpoints, for `predict --calibrate shrink`
     assert json.loads((run / C.CKPT_DIR / C.CALIBRATION_JSON).read_text()) == {"adabn=0,tta=0": factor}
+    # the main row's recipe too, which `predict` follows by default
+    recipe = json.loads((run / C.CKPT_DIR / C.RECIPE_JSON).read_text())
+    assert recipe == {"adabn": True, "tta": False, "calibrate": "centre"}
     # the plain row is the unadapted model: its section means are its own
     plain = ad.read_h5ad(res.out / "predictions" / "hifusion [plain]" / "P2.h5ad").X
     assert np.abs(plain.mean(0) - np.asarray(meta["train_mean"])).max() > 1e-4

@@ -349,6 +349,35 @@ def test_predict_test_time_options_use_the_slide_images_only(tmp_path: Path, pla
     np.testing.assert_allclose(x - x.mean(0), 0.25 * (plain - plain.mean(0)), atol=1e-5)
 
 
+def test_predict_follows_the_benchmark_recipe_beside_the_checkpoint(tmp_path: Path, plain_png: Path) -> None:
+    """Unset test-time options come from recipe.json (how the benchmark scored the model), else the defaults."""
+    from typer.testing import CliRunner
+
+    from hifusion.cli import app
+    from hifusion.predict.engine import DEFAULT_RECIPE, resolve_recipe
+
+    ckpt = write_checkpoint(tmp_path / "c" / "last.ckpt", seed=3, extra_meta={"train_mean": [0.0] * len(PANEL)})
+    assert resolve_recipe(ckpt) == (DEFAULT_RECIPE, "defaults")
+    (ckpt.parent / C.RECIPE_JSON).write_text('{"adabn": false, "tta": true, "calibrate": "none"}')
+    recipe, source = resolve_recipe(ckpt)
+    assert recipe == {"adabn": False, "tta": True, "calibrate": "none"} and source.endswith(C.RECIPE_JSON)
+    assert resolve_recipe(ckpt, tta=False)[0] == {"adabn": False, "tta": False, "calibrate": "none"}
+    assert resolve_recipe(ckpt, True, False, "centre") == ({"adabn": True, "tta": False, "calibrate": "centre"},
+                                                          "command line")
+    spots = write_spots(tmp_path / "spots.csv", np.array([[400.0, 380.0], [300.2, 420.7], [520.0, 300.0]]))
+    runner = CliRunner()
+    res = runner.invoke(app, ["predict", "--checkpoint", str(ckpt), "--slide", str(plain_png), "--out",
+                              str(tmp_path / "cli"), "--mpp", "1.0", "--spots", str(spots), "--device", "cpu",
+                              "--no-tta"])
+    assert res.exit_code == 0, res.output
+    assert "adabn=False, tta=False, calibrate=none" in res.output
+    info = ad.read_h5ad(tmp_path / "cli" / "predictions.h5ad").uns[C.UNS_HIFUSION]
+    assert (info["adabn"], info["tta"], info["calibrate"]) == (False, False, "none")
+    (ckpt.parent / C.RECIPE_JSON).write_text('{"adabn": false}')
+    with pytest.raises(CheckpointError, match="recipe"):
+        resolve_recipe(ckpt)
+
+
 def test_map_discs_leave_room_between_spots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Predict maps draw a virtual spot no wider than 80% of the spot spacing (the H&E shows between discs)."""
     import hifusion.plots as plots

@@ -127,7 +127,7 @@ def _fit_members(m: ModelConfig, train_cfg: Any, data: Any, mdir: Path, resume: 
                  variants: dict[str, Any]) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any]] | None:
     """Fit a model (or, with `train.ensemble` = n > 1, n seeds of it in `seed<S>/` folders) and predict its test
     sections under every test-time variant; an ensemble averages its members' predictions. None on ranks > 0."""
-    from hifusion.train.fit import fit_and_predict, predict_variants
+    from hifusion.train.fit import fit_and_predict, predict_variants, save_recipe
 
     n = train_cfg.ensemble
     members: list[dict[str, dict[str, np.ndarray]]] = []
@@ -138,6 +138,8 @@ def _fit_members(m: ModelConfig, train_cfg: Any, data: Any, mdir: Path, resume: 
         if res.global_rank != 0 or not is_global_zero():
             return None
         preds = {"": res.predictions}
+        if res.checkpoint is not None and res.info.get("test_time", True):
+            save_recipe(Path(res.checkpoint).parent, variants[""])
         if res.info.get("test_time", True) and res.predict is not None and not all(v.plain for v in variants.values()):
             preds = predict_variants(res, data, variants)
         members.append(preds)

@@ -192,6 +192,37 @@ def predict_coords(
     return pred
 
 
+# What `hifusion predict` does when neither the user nor a benchmark's recipe.json says otherwise.
+DEFAULT_RECIPE = {"adabn": True, "tta": False, "calibrate": "auto"}
+
+
+def resolve_recipe(checkpoint: str | Path, adabn: bool | None = None, tta: bool | None = None,
+                   calibrate: str | None = None) -> tuple[dict[str, Any], str]:
+    """Test-time options for `predict`: those given, else the benchmark's recipe beside the checkpoint, else defaults.
+
+    A model is best predicted the way it was evaluated: a 2D (cross-patient) recipe differs from the within-patient
+    one, and the benchmark that fitted the checkpoint wrote its recipe to `recipe.json`. Returns the options and where
+    the unset ones came from.
+    """
+    path = Path(checkpoint).parent / C.RECIPE_JSON
+    base, source = dict(DEFAULT_RECIPE), "defaults"
+    if path.exists():
+        try:
+            saved = json.loads(path.read_text())
+            base = {"adabn": bool(saved["adabn"]), "tta": bool(saved["tta"]), "calibrate": str(saved["calibrate"])}
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"unreadable test-time recipe ({e}); delete it or pass --adabn/--tta/--calibrate",
+                                  path) from e
+        if base["calibrate"] not in CALIBRATE:
+            raise CheckpointError(f"calibrate must be one of {CALIBRATE}, got '{base['calibrate']}'", path)
+        source = str(path)
+    given = {"adabn": adabn, "tta": tta, "calibrate": calibrate}
+    recipe = {k: base[k] if v is None else v for k, v in given.items()}
+    if all(v is not None for v in given.values()):
+        source = "command line"
+    return recipe, source
+
+
 def _has_shrink(module: Any, adabn: bool, tta: bool) -> bool:
     try:
         shrink_for(module, adabn, tta)

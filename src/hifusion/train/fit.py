@@ -24,7 +24,7 @@ from hifusion.train.distributed import is_global_zero
 from hifusion.train.fitters import FitResult, get_fitter
 from hifusion.train.trainer import set_threads
 
-__all__ = ["FitResult", "fit_and_predict", "predict_variants"]
+__all__ = ["FitResult", "fit_and_predict", "predict_variants", "save_recipe", "save_shrink_factor"]
 
 
 def fit_and_predict(model_cfg: ModelConfig, train_cfg: TrainConfig, data: SplitData, run_dir: Path,
@@ -52,6 +52,12 @@ def save_shrink_factor(ckpt_dir: Path, key: tuple[bool, bool], factor: float) ->
     data = json.loads(path.read_text()) if path.exists() else {}
     data[calibration_key(*key)] = float(factor)
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True))
+
+
+def save_recipe(ckpt_dir: Path, adapt: Any) -> None:
+    """Record the test-time recipe the benchmark scored this model under, so `predict` defaults to the same one."""
+    recipe = {"adabn": bool(adapt.adabn), "tta": bool(adapt.tta), "calibrate": str(adapt.calibrate)}
+    atomic_write_text(ckpt_dir / C.RECIPE_JSON, json.dumps(recipe, indent=2, sort_keys=True))
 
 
 def predict_variants(result: FitResult, data: SplitData, variants: dict[str, Any]) -> dict[str, dict[str, np.ndarray]]:
