@@ -138,9 +138,10 @@ def _fit_members(m: ModelConfig, train_cfg: Any, data: Any, mdir: Path, resume: 
         if res.global_rank != 0 or not is_global_zero():
             return None
         preds = {"": res.predictions}
-        if res.checkpoint is not None and res.info.get("test_time", True):
+        test_time = res.info.get("test_time", True)  # False: a model with nothing to adapt (e.g. the mean profile)
+        if res.checkpoint is not None and test_time:
             save_recipe(Path(res.checkpoint).parent, variants[""])
-        if res.info.get("test_time", True) and res.predict is not None and not all(v.plain for v in variants.values()):
+        if test_time and res.predict is not None and not all(v.plain for v in variants.values()):
             preds = predict_variants(res, data, variants)
         members.append(preds)
         if n > 1:  # each member's own predictions stay beside its checkpoint
