@@ -212,12 +212,15 @@ def predict(
                                                        "(centre, and the pattern scaled by the factor fitted on "
                                                        "validation spots) | none. Unset: recipe.json, else auto.")]
     = None,
+    smooth_um: Annotated[float | None, typer.Option(help="Average each spot's prediction with its neighbours' "
+                                                         "(Gaussian sigma in microns; 0 = off). Unset: recipe.json, "
+                                                         "else 0.")] = None,
 ) -> None:
     """Predict expression over a whole slide: h5ad + CSV + per-gene maps + index.html in OUT."""
     from hifusion.predict import predict_slide
     from hifusion.predict.engine import resolve_recipe
 
-    recipe, source = resolve_recipe(checkpoint, adabn, tta, calibrate)
+    recipe, source = resolve_recipe(checkpoint, adabn, tta, calibrate, smooth_um)
     result = predict_slide(
         checkpoint, slide, out, mpp=mpp, spots=spots, grid=grid, pitch_um=pitch_um, genes=_sections(genes),
         batch_size=batch_size, device=device, progress=True, min_tissue=min_tissue, **recipe,

@@ -77,16 +77,19 @@ class AdaptConfig(_Strict):
     - adabn: BatchNorm statistics re-estimated on the section's own patches (Li et al., AdaBN);
     - tta: predictions averaged over the 8 flips/rotations of the square (D4);
     - calibrate: `centre` sets each gene's section mean to the training mean (the level a slide's stain cannot
-      move); `shrink` also scales the spatial part by one factor fitted on the validation spots (needs train.val).
+      move); `shrink` also scales the spatial part by one factor fitted on the validation spots (needs train.val);
+    - smooth_um: each spot's prediction averaged with its neighbours' under a Gaussian of this sigma in microns
+      (0: off), applied before calibration; it uses the predictions and the spot layout, never the expression.
     """
 
     adabn: bool = False
     tta: bool = False
     calibrate: Literal["none", "centre", "shrink"] = "none"
+    smooth_um: float = Field(0.0, ge=0.0, le=5000.0)
 
     @property
     def plain(self) -> bool:
-        return not (self.adabn or self.tta or self.calibrate != "none")
+        return not (self.adabn or self.tta or self.calibrate != "none" or self.smooth_um > 0)
 
 
 class DataConfig(_Strict):
@@ -124,6 +127,10 @@ class TrainConfig(_Strict):
     # image models learn the pattern within sections and not the differences between them (patient, depth, batch),
     # which they could only learn from slide cues that do not carry over to a new slide. A no-op with one section.
     centre_labels: Literal["none", "section"] = "none"
+    # gene: the loss sees each gene's labels standardised by the training spots' mean and std (stored in the
+    # checkpoint; predictions are mapped back to label units), so every gene's pattern weighs the same in the
+    # objective, as in PCC-gene; on raw labels MSE weighs each gene by its variance.
+    scale_labels: Literal["none", "gene"] = "none"
     ensemble: int = Field(1, ge=1)  # benchmark: train this many seeds (seed, seed+1, ...) and average them
     # at most this many (shuffled) batches per epoch, None: all. For smoke runs and scale benchmarks on large cohorts
     max_steps_per_epoch: int | None = Field(None, gt=0)

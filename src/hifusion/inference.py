@@ -41,6 +41,27 @@ def call_model(model: nn.Module, spot: torch.Tensor, region: torch.Tensor | None
     return model(spot, region)
 
 
+def to_label_units(pred: torch.Tensor, meta: dict[str, Any]) -> torch.Tensor:
+    """Model outputs in label units: a model trained on gene-standardised labels (`train.scale_labels: gene`, the
+    checkpoint's `label_scale`) outputs per-gene z-scores, mapped back here for every prediction path."""
+    scale = meta.get("label_scale")
+    if not scale:
+        return pred
+    mean = torch.as_tensor(scale["mean"], dtype=pred.dtype, device=pred.device)
+    std = torch.as_tensor(scale["std"], dtype=pred.dtype, device=pred.device)
+    return pred * std + mean
+
+
+def to_model_units(y: torch.Tensor, meta: dict[str, Any]) -> torch.Tensor:
+    """Labels as the model is trained on them (the inverse of `to_label_units`)."""
+    scale = meta.get("label_scale")
+    if not scale:
+        return y
+    mean = torch.as_tensor(scale["mean"], dtype=y.dtype, device=y.device)
+    std = torch.as_tensor(scale["std"], dtype=y.dtype, device=y.device)
+    return (y - mean) / std
+
+
 class Predictor(nn.Module):
     """A plain model + its checkpoint metadata + the shared preprocessing: what prediction needs, no trainer.
 
@@ -60,7 +81,8 @@ class Predictor(nn.Module):
     def predict_batch(self, batch: Batch, tta: bool = False) -> torch.Tensor:
         """Predictions of a uint8 batch (eval mode expected), averaged over the D4 views when `tta`."""
         spot, region = self.preprocess(batch)
-        return tta_mean(lambda s, r: call_model(self.model, s, r, batch).pred, spot, region, tta)
+        pred = tta_mean(lambda s, r: call_model(self.model, s, r, batch).pred, spot, region, tta)
+        return to_label_units(pred, self.meta)
 
 
 @torch.no_grad()
@@ -118,6 +140,7 @@ def predict_section(module: Any, patches: Any, rows: np.ndarray, coords: np.ndar
     return predict_loader(module, batch, adabn_batches=batch if adabn else None, tta=tta)
 
 
-def calibration_key(adabn: bool, tta: bool) -> str:
-    """Key of a shrink factor in `calibration.json`, per test-time option pair."""
-    return f"adabn={int(bool(adabn))},tta={int(bool(tta))}"
+def calibration_key(adabn: bool, tta: bool, smooth_um: float = 0.0) -> str:
+    """Key of a shrink factor in `calibration.json`, per set of test-time options (smoothing only when on)."""
+    key = f"adabn={int(bool(adabn))},tta={int(bool(tta))}"
+    return key if not smooth_um else f"{key},smooth_um={float(smooth_um):g}"

@@ -84,11 +84,13 @@ def test_stain_options_and_test_time_variants(tmp_path: Path) -> None:
     raw["train"]["batch_size"] = 64  # one batch: no one-spot remainder for BatchNorm
     raw["data"]["stain"] = {"normalise": "reinhard", "augment": {"hed": 0.05, "brightness": 0.1}}
     raw["adapt"] = {"adabn": True, "calibrate": "centre"}
-    raw["adapt_variants"] = {"plain": {}, "shrink": {"calibrate": "shrink"}, "tta": {"tta": True}}
+    raw["adapt_variants"] = {"plain": {}, "shrink": {"calibrate": "shrink"}, "tta": {"tta": True},
+                             "smooth": {"smooth_um": 300.0}}
     res = run_benchmark(parse_config(raw), tmp_path / "out", figures=False)
     metrics = pd.read_csv(res.out / "metrics.csv")
     labels = set(metrics["model"])
-    assert {"hifusion", "hifusion [plain]", "hifusion [shrink]", "hifusion [tta]", "mean_profile"} <= labels
+    assert {"hifusion", "hifusion [plain]", "hifusion [shrink]", "hifusion [tta]", "hifusion [smooth]",
+            "mean_profile"} <= labels
     assert not any(lab.startswith("mean_profile [") for lab in labels)  # nothing to adapt without an image
     wide = metrics.pivot_table(index=["model", "section"], columns="metric", values="value")
     np.testing.assert_allclose(wide["mse"], wide["mse_bias"] + wide["mse_spatial"], rtol=1e-9, atol=1e-12)
@@ -107,10 +109,19 @@ def test_stain_options_and_test_time_variants(tmp_path: Path) -> None:
     assert json.loads((run / C.CKPT_DIR / C.CALIBRATION_JSON).read_text()) == {"adabn=0,tta=0": factor}
     # the main row's recipe too, which `predict` follows by default
     recipe = json.loads((run / C.CKPT_DIR / C.RECIPE_JSON).read_text())
-    assert recipe == {"adabn": True, "tta": False, "calibrate": "centre"}
+    assert recipe == {"adabn": True, "tta": False, "calibrate": "centre", "smooth_um": 0.0}
     # the plain row is the unadapted model: its section means are its own
     plain = ad.read_h5ad(res.out / "predictions" / "hifusion [plain]" / "P2.h5ad").X
     assert np.abs(plain.mean(0) - np.asarray(meta["train_mean"])).max() > 1e-4
+    # the smoothed row is the plain one averaged over neighbouring spots, at the section's um/px
+    from hifusion.preprocess import smooth_spatial
+
+    smooth = ad.read_h5ad(res.out / "predictions" / "hifusion [smooth]" / "P2.h5ad")
+    plain_ad = ad.read_h5ad(res.out / "predictions" / "hifusion [plain]" / "P2.h5ad")
+    mpp = ad.read_h5ad(tmp_path / "cache" / "P2.h5ad", backed="r").uns[C.UNS_HIFUSION]["mpp"]
+    np.testing.assert_allclose(smooth.X, smooth_spatial(plain_ad.X, plain_ad.obsm[C.OBSM_SPATIAL] * mpp, 300.0),
+                               atol=1e-5)
+    assert smooth.X.var(0).sum() < 0.9 * plain_ad.X.var(0).sum()  # the kernel really averaged neighbours
     # resuming reads every variant back from the predictions file
     again = run_benchmark(parse_config(raw), tmp_path / "out", figures=False, resume=True)
     pd.testing.assert_frame_equal(again.metrics.reset_index(drop=True), res.metrics.reset_index(drop=True))

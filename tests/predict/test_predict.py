@@ -301,7 +301,7 @@ def test_cli_predict(tmp_path: Path, checkpoint: Path, plain_png: Path) -> None:
 
 def test_predict_test_time_options_use_the_slide_images_only(tmp_path: Path, plain_png: Path) -> None:
     """Stain normalisation from the slide's own spots, AdaBN, D4 averaging and centring, as the benchmark does them."""
-    from hifusion.preprocess import adabn
+    from hifusion.preprocess import adabn, smooth_spatial
     from hifusion.stain import lab_stats
 
     ref = [[70.0, 12.0, -8.0], [12.0, 6.0, 5.0]]
@@ -326,7 +326,7 @@ def test_predict_test_time_options_use_the_slide_images_only(tmp_path: Path, pla
             adapted = module.predict_batch(batch).numpy()
     runs = {}
     for name, kw in {"plain": {}, "tta": {"tta": True}, "adabn": {"adabn": True},
-                     "centre": {"calibrate": "centre"}}.items():
+                     "centre": {"calibrate": "centre"}, "smooth": {"smooth_um": 150.0}}.items():
         out = predict_slide(ckpt, plain_png, tmp_path / name, mpp=1.0, spots=spots, progress=False, device="cpu",
                             **kw)
         runs[name] = ad.read_h5ad(out / "predictions.h5ad")
@@ -336,6 +336,9 @@ def test_predict_test_time_options_use_the_slide_images_only(tmp_path: Path, pla
     assert np.abs(adapted - plain).max() > 1e-4 and np.abs(tta - plain).max() > 1e-4
     np.testing.assert_allclose(runs["centre"].X.mean(0), train_mean, atol=1e-5)
     np.testing.assert_allclose(runs["centre"].X - runs["centre"].X.mean(0), plain - plain.mean(0), atol=1e-5)
+    # smoothing in microns at the slide's um/px (1.0 here): the same as smoothing the plain predictions by hand
+    np.testing.assert_allclose(runs["smooth"].X, smooth_spatial(plain, coords * 1.0, 150.0), atol=1e-5)
+    assert np.abs(runs["smooth"].X - plain).max() > 1e-4
     info = runs["adabn"].uns[C.UNS_HIFUSION]
     assert info["adabn"] and info["stain_normalise"] == "reinhard"
     with pytest.raises(ConfigError, match="calibrate"):
@@ -358,21 +361,26 @@ def test_predict_follows_the_benchmark_recipe_beside_the_checkpoint(tmp_path: Pa
 
     ckpt = write_checkpoint(tmp_path / "c" / "last.ckpt", seed=3, extra_meta={"train_mean": [0.0] * len(PANEL)})
     assert resolve_recipe(ckpt) == (DEFAULT_RECIPE, "defaults")
-    (ckpt.parent / C.RECIPE_JSON).write_text('{"adabn": false, "tta": true, "calibrate": "none"}')
+    (ckpt.parent / C.RECIPE_JSON).write_text('{"adabn": false, "tta": true, "calibrate": "none"}')  # pre-smoothing
     recipe, source = resolve_recipe(ckpt)
-    assert recipe == {"adabn": False, "tta": True, "calibrate": "none"} and source.endswith(C.RECIPE_JSON)
-    assert resolve_recipe(ckpt, tta=False)[0] == {"adabn": False, "tta": False, "calibrate": "none"}
-    assert resolve_recipe(ckpt, True, False, "centre") == ({"adabn": True, "tta": False, "calibrate": "centre"},
-                                                          "command line")
+    assert recipe == {"adabn": False, "tta": True, "calibrate": "none", "smooth_um": 0.0}
+    assert source.endswith(C.RECIPE_JSON)
+    (ckpt.parent / C.RECIPE_JSON).write_text('{"adabn": false, "tta": true, "calibrate": "none", "smooth_um": 150}')
+    assert resolve_recipe(ckpt, tta=False)[0] == {"adabn": False, "tta": False, "calibrate": "none", "smooth_um": 150}
+    assert resolve_recipe(ckpt, True, False, "centre", 0.0) == (
+        {"adabn": True, "tta": False, "calibrate": "centre", "smooth_um": 0.0}, "command line")
     spots = write_spots(tmp_path / "spots.csv", np.array([[400.0, 380.0], [300.2, 420.7], [520.0, 300.0]]))
     runner = CliRunner()
     res = runner.invoke(app, ["predict", "--checkpoint", str(ckpt), "--slide", str(plain_png), "--out",
                               str(tmp_path / "cli"), "--mpp", "1.0", "--spots", str(spots), "--device", "cpu",
-                              "--no-tta"])
+                              "--no-tta", "--smooth-um", "0"])
     assert res.exit_code == 0, res.output
-    assert "adabn=False, tta=False, calibrate=none" in res.output
+    assert "adabn=False, tta=False, calibrate=none, smooth_um=0.0" in res.output
     info = ad.read_h5ad(tmp_path / "cli" / "predictions.h5ad").uns[C.UNS_HIFUSION]
-    assert (info["adabn"], info["tta"], info["calibrate"]) == (False, False, "none")
+    assert (info["adabn"], info["tta"], info["calibrate"], info["smooth_um"]) == (False, False, "none", 0.0)
+    (ckpt.parent / C.RECIPE_JSON).write_text('{"adabn": false, "tta": false, "calibrate": "none", "smooth_um": -5}')
+    with pytest.raises(CheckpointError, match="smooth_um"):
+        resolve_recipe(ckpt)
     (ckpt.parent / C.RECIPE_JSON).write_text('{"adabn": false}')
     with pytest.raises(CheckpointError, match="recipe"):
         resolve_recipe(ckpt)

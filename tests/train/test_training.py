@@ -122,3 +122,27 @@ def test_max_steps_per_epoch_caps_the_batches_of_each_epoch(dataset: Path, cache
     ckpt = torch.load(tmp_path / "cap" / "runs" / "fixed" / "hifusion" / C.CKPT_DIR / C.CKPT_LAST,
                       map_location="cpu", weights_only=False)
     assert ckpt["epoch"] == 1 and ckpt["global_step"] == 2  # 2 epochs of one batch each (P1 alone has 36 spots)
+
+
+def test_gene_scaled_labels_train_in_z_scores_and_predict_in_label_units(dataset: Path, cache: Path,
+                                                                          tmp_path: Path) -> None:
+    """`train.scale_labels: gene`: the checkpoint holds the training labels' per-gene mean and std, the model's raw
+    outputs are z-scores, and every prediction path (benchmark and checkpoint) maps them back to label units."""
+    from hifusion.data.cache import load_cache
+    from hifusion.inference import Predictor, predict_rows
+    from hifusion.models.loading import load_checkpoint
+
+    out = tmp_path / "run"
+    _run(dataset, cache, out, models=["hifusion"], scale_labels="gene")
+    model, meta = load_checkpoint(out / "runs" / "fixed" / "hifusion" / C.CKPT_DIR / C.CKPT_LAST)
+    scale = meta["label_scale"]
+    assert len(scale["mean"]) == len(scale["std"]) == 20 and min(scale["std"]) > 0
+    np.testing.assert_allclose(scale["mean"], meta["train_mean"], atol=1e-5)  # no centring: the pooled mean
+    _, patches = load_cache(cache, "P2")
+    module = Predictor(model, meta).eval()
+    again = predict_rows(module, patches, np.arange(36), 16, 32)
+    np.testing.assert_allclose(again, _preds(out)["P2"], atol=1e-5)
+    raw = predict_rows(Predictor(model, {**meta, "label_scale": None}).eval(), patches, np.arange(36), 16, 32)
+    np.testing.assert_allclose(again, raw * np.asarray(scale["std"]) + np.asarray(scale["mean"]), rtol=1e-4,
+                               atol=1e-4)
+    assert abs(float(raw.mean())) < abs(float(again.mean()))  # z-scores sit near 0, labels (log proportions) do not

@@ -52,6 +52,15 @@ class SplitData:
         pos = np.searchsorted(self.rows[section], rows)
         return self.labels[section][pos]
 
+    def spot_um(self, section: str, rows: np.ndarray | None = None) -> np.ndarray:
+        """Centres of the given cache rows (default: the section's used spots) in microns (pixels times um/px)."""
+        adata = self.adatas[section]
+        mpp = adata.uns.get(C.UNS_HIFUSION, {}).get("mpp")
+        if mpp is None or not float(mpp) > 0:
+            raise ValueError(f"section {section} records no um/px (uns['{C.UNS_HIFUSION}']['mpp']); prepare it again")
+        rows = self.rows[section] if rows is None else rows
+        return np.asarray(adata.obsm[C.OBSM_SPATIAL], dtype=np.float64)[rows] * float(mpp)
+
     def stain_source(self, section: str) -> np.ndarray | None:
         """The section's (2, 3) LAB statistics when stain normalisation is on (from its images only), else None."""
         if self.stain is None or self.stain.normalise == "none":

@@ -25,7 +25,7 @@ from hifusion.inference import Predictor, calibration_key, predict_loader
 from hifusion.predict import outputs
 from hifusion.predict.slide import PatchStream, Slide, open_slide
 from hifusion.predict.tissue import DEFAULT_MIN_FRACTION, default_pitch_um, detect_tissue, spot_grid, tissue_fraction
-from hifusion.preprocess import centre_on
+from hifusion.preprocess import centre_on, smooth_spatial
 from hifusion.stain import lab_stats
 
 GRID_KINDS = ("hex", "square")
@@ -157,12 +157,13 @@ def _with_source(batches: Iterable[dict[str, torch.Tensor]], source: np.ndarray 
 def predict_coords(
     module: Any, slide: Slide, coords: np.ndarray, *, batch_size: int = 64, workers: int | None = None,
     progress: bool = False, adabn: bool = False, tta: bool = False, calibrate: str = "none",
-    adapt_spots: int = ADAPT_SPOTS,
+    smooth_um: float = 0.0, adapt_spots: int = ADAPT_SPOTS,
 ) -> np.ndarray:
     """Predictions (N, G) for level-0 spot centres, streamed batch by batch from the slide.
 
     Test-time options use this slide's images only: stain normalisation (when the checkpoint was trained with it)
-    and `adabn` read up to `adapt_spots` of its spots first; `tta` averages the 8 D4 views; `calibrate='centre'`
+    and `adabn` read up to `adapt_spots` of its spots first; `tta` averages the 8 D4 views; `smooth_um` averages
+    each spot with its neighbours (Gaussian sigma in microns, at the slide's level-0 um/px); `calibrate='centre'`
     sets each gene's slide mean to the training mean stored in the checkpoint.
     """
     meta = module.meta
@@ -180,12 +181,15 @@ def predict_coords(
     adabn_batches = _with_source(stream.batches(sample), source) if adabn else None
     batches = _with_source(_progress(stream.batches(coords), len(coords), progress), source)
     pred = predict_loader(module, batches, adabn_batches=adabn_batches, tta=tta)
+    if smooth_um > 0:
+        pred = smooth_spatial(pred, np.asarray(coords, np.float64) * slide.mpp, smooth_um)
     if calibrate == "auto":  # the benchmark's fitted factor where there is one, else centring alone (if it can)
-        calibrate = "shrink" if _has_shrink(module, adabn, tta) else "centre" if "train_mean" in meta else "none"
+        calibrate = ("shrink" if _has_shrink(module, adabn, tta, smooth_um)
+                     else "centre" if "train_mean" in meta else "none")
     if calibrate in ("centre", "shrink"):
         if "train_mean" not in meta:
             raise CheckpointError(f"calibrate '{calibrate}' needs the training mean, which this checkpoint predates")
-        factor = 1.0 if calibrate == "centre" else shrink_for(module, adabn, tta)
+        factor = 1.0 if calibrate == "centre" else shrink_for(module, adabn, tta, smooth_um)
         pred = centre_on(pred, np.asarray(meta["train_mean"], np.float64), factor)
     elif calibrate != "none":
         raise ConfigError(f"calibrate must be one of {CALIBRATE}, got '{calibrate}'")
@@ -193,11 +197,11 @@ def predict_coords(
 
 
 # What `hifusion predict` does when neither the user nor a benchmark's recipe.json says otherwise.
-DEFAULT_RECIPE = {"adabn": True, "tta": False, "calibrate": "auto"}
+DEFAULT_RECIPE = {"adabn": True, "tta": False, "calibrate": "auto", "smooth_um": 0.0}
 
 
 def resolve_recipe(checkpoint: str | Path, adabn: bool | None = None, tta: bool | None = None,
-                   calibrate: str | None = None) -> tuple[dict[str, Any], str]:
+                   calibrate: str | None = None, smooth_um: float | None = None) -> tuple[dict[str, Any], str]:
     """Test-time options for `predict`: those given, else the benchmark's recipe beside the checkpoint, else defaults.
 
     A model is best predicted the way it was evaluated: a 2D (cross-patient) recipe differs from the within-patient
@@ -209,33 +213,36 @@ def resolve_recipe(checkpoint: str | Path, adabn: bool | None = None, tta: bool 
     if path.exists():
         try:
             saved = json.loads(path.read_text())
-            base = {"adabn": bool(saved["adabn"]), "tta": bool(saved["tta"]), "calibrate": str(saved["calibrate"])}
+            base = {"adabn": bool(saved["adabn"]), "tta": bool(saved["tta"]), "calibrate": str(saved["calibrate"]),
+                    "smooth_um": float(saved.get("smooth_um", 0.0))}  # recipes from before smoothing: off
         except (ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"unreadable test-time recipe ({e}); delete it or pass --adabn/--tta/--calibrate",
                                   path) from e
         if base["calibrate"] not in CALIBRATE:
             raise CheckpointError(f"calibrate must be one of {CALIBRATE}, got '{base['calibrate']}'", path)
+        if not 0.0 <= base["smooth_um"] < float("inf"):
+            raise CheckpointError(f"smooth_um must be a finite number >= 0, got {base['smooth_um']}", path)
         source = str(path)
-    given = {"adabn": adabn, "tta": tta, "calibrate": calibrate}
+    given = {"adabn": adabn, "tta": tta, "calibrate": calibrate, "smooth_um": smooth_um}
     recipe = {k: base[k] if v is None else v for k, v in given.items()}
     if all(v is not None for v in given.values()):
         source = "command line"
     return recipe, source
 
 
-def _has_shrink(module: Any, adabn: bool, tta: bool) -> bool:
+def _has_shrink(module: Any, adabn: bool, tta: bool, smooth_um: float = 0.0) -> bool:
     try:
-        shrink_for(module, adabn, tta)
+        shrink_for(module, adabn, tta, smooth_um)
     except CheckpointError:
         return False
     return True
 
 
-def shrink_for(module: Any, adabn: bool, tta: bool) -> float:
+def shrink_for(module: Any, adabn: bool, tta: bool, smooth_um: float = 0.0) -> float:
     """The shrink factor the benchmark fitted on validation spots for this checkpoint and these test-time options."""
     ckpt = getattr(module, "checkpoint_path", None)
     path = None if ckpt is None else Path(ckpt).parent / C.CALIBRATION_JSON
-    key = calibration_key(adabn, tta)
+    key = calibration_key(adabn, tta, smooth_um)
     try:
         factor = json.loads(path.read_text())[key] if path is not None else None
     except (OSError, ValueError, KeyError):
@@ -247,7 +254,7 @@ def shrink_for(module: Any, adabn: bool, tta: bool) -> float:
     return float(factor)
 
 
-def _check_options(grid: str, pitch_um: float | None, batch_size: int, calibrate: str) -> None:
+def _check_options(grid: str, pitch_um: float | None, batch_size: int, calibrate: str, smooth_um: float = 0.0) -> None:
     if grid not in GRID_KINDS:
         raise ConfigError(f"grid must be one of {GRID_KINDS}, got '{grid}'")
     if pitch_um is not None and not pitch_um > 0:
@@ -256,6 +263,8 @@ def _check_options(grid: str, pitch_um: float | None, batch_size: int, calibrate
         raise ConfigError(f"batch size must be positive, got {batch_size}")
     if calibrate not in CALIBRATE:
         raise ConfigError(f"calibrate must be one of {CALIBRATE}, got '{calibrate}'")
+    if not 0.0 <= smooth_um < float("inf"):
+        raise ConfigError(f"smoothing must be a finite number of microns >= 0, got {smooth_um}")
 
 
 def _grid_spots(s: Slide, mask: np.ndarray, scalef: float, fov_px: float, pitch: float, grid: str,
@@ -290,6 +299,7 @@ def predict_slide(
     adabn: bool = False,
     tta: bool = False,
     calibrate: str = "none",
+    smooth_um: float = 0.0,
 ) -> Path:
     """Predict a whole slide and write predictions.h5ad, predictions.csv, maps/<gene>.png and index.html into `out`.
 
@@ -300,7 +310,7 @@ def predict_slide(
     coarsest level at least as fine as the patch scale). Returns the output folder.
     """
     checkpoint, slide_path, out = Path(checkpoint), Path(slide), Path(out)
-    _check_options(grid, pitch_um, batch_size, calibrate)
+    _check_options(grid, pitch_um, batch_size, calibrate, smooth_um)
     module, meta = load_predictor(checkpoint, device)
     m = check_meta(meta, checkpoint)
     panel = m["panel"]
@@ -326,7 +336,7 @@ def predict_slide(
         stream = PatchStream(s, m["pixel_size"], m["spot_px"], m["region_px"], batch_size)
         obs[C.OBS_AT_BORDER] = stream.at_border(coords)
         pred = predict_coords(module, s, coords, batch_size=batch_size, workers=workers, progress=progress,
-                              adabn=adabn, tta=tta, calibrate=calibrate)
+                              adabn=adabn, tta=tta, calibrate=calibrate, smooth_um=smooth_um)
         info = {
             "version": __version__, "checkpoint": str(checkpoint), "slide": str(slide_path),
             "model": meta["model"]["name"], "label": m["label"], "mpp": s.mpp, "mpp_source": s.mpp_source,
@@ -336,7 +346,7 @@ def predict_slide(
             "grid": None if spots is not None else grid, "pitch_um": pitch,
             "min_tissue_fraction": None if spots is not None else float(min_tissue), "n_spots": int(len(coords)),
             "device": str(next(module.parameters()).device),
-            "adabn": adabn, "tta": tta, "calibrate": calibrate,
+            "adabn": adabn, "tta": tta, "calibrate": calibrate, "smooth_um": smooth_um,
             "stain_normalise": (meta.get("stain") or {}).get("normalise", "none"),
         }
     finally:

@@ -19,7 +19,7 @@ from hifusion.config import ModelConfig, TrainConfig
 from hifusion.data.splitdata import SplitData
 from hifusion.inference import calibration_key
 from hifusion.io import atomic_write_text
-from hifusion.preprocess import centre_on, shrink_factor
+from hifusion.preprocess import centre_on, shrink_factor, smooth_spatial
 from hifusion.train.distributed import is_global_zero
 from hifusion.train.fitters import FitResult, get_fitter
 from hifusion.train.trainer import set_threads
@@ -46,7 +46,7 @@ def fit_and_predict(model_cfg: ModelConfig, train_cfg: TrainConfig, data: SplitD
     return result
 
 
-def save_shrink_factor(ckpt_dir: Path, key: tuple[bool, bool], factor: float) -> None:
+def save_shrink_factor(ckpt_dir: Path, key: tuple[bool, bool] | tuple[bool, bool, float], factor: float) -> None:
     """Record a shrink factor beside the checkpoints, so `predict --calibrate shrink` applies the same one."""
     path = ckpt_dir / C.CALIBRATION_JSON
     data = json.loads(path.read_text()) if path.exists() else {}
@@ -56,15 +56,17 @@ def save_shrink_factor(ckpt_dir: Path, key: tuple[bool, bool], factor: float) ->
 
 def save_recipe(ckpt_dir: Path, adapt: Any) -> None:
     """Record the test-time recipe the benchmark scored this model under, so `predict` defaults to the same one."""
-    recipe = {"adabn": bool(adapt.adabn), "tta": bool(adapt.tta), "calibrate": str(adapt.calibrate)}
+    recipe = {"adabn": bool(adapt.adabn), "tta": bool(adapt.tta), "calibrate": str(adapt.calibrate),
+              "smooth_um": float(adapt.smooth_um)}
     atomic_write_text(ckpt_dir / C.RECIPE_JSON, json.dumps(recipe, indent=2, sort_keys=True))
 
 
 def predict_variants(result: FitResult, data: SplitData, variants: dict[str, Any]) -> dict[str, dict[str, np.ndarray]]:
     """Test predictions of a fitted model under each test-time variant (name -> AdaptConfig): section -> (N, G).
 
-    Inference runs once per (adabn, tta) pair; calibration is applied afterwards. `shrink` fits its factor on the
-    validation spots predicted under the same (adabn, tta) options; `centre` restores the training mean's level.
+    Inference runs once per (adabn, tta) pair; smoothing over neighbouring spots, then calibration, are applied
+    afterwards. `shrink` fits its factor on the validation spots predicted (and smoothed) under the same options;
+    `centre` restores the training mean's level.
     """
     if result.predict is None:
         raise ValueError("this fit result holds no predictor")
@@ -80,6 +82,8 @@ def predict_variants(result: FitResult, data: SplitData, variants: dict[str, Any
             else:
                 raw[key] = {s: result.predict(s, data.rows[s], *key) for s in data.test_sections}
         preds = raw[key]
+        if a.smooth_um > 0:
+            preds = {s: smooth_spatial(p, data.spot_um(s), a.smooth_um) for s, p in preds.items()}
         if a.calibrate == "none":
             out[name] = preds
             continue
@@ -88,9 +92,13 @@ def predict_variants(result: FitResult, data: SplitData, variants: dict[str, Any
             vsecs = [s for s in data.val_rows if len(data.val_rows[s])]
             if key not in val_raw:
                 val_raw[key] = [result.predict(s, data.val_rows[s], *key) for s in vsecs]
-            factor = shrink_factor(val_raw[key], [data.label_rows(s, data.val_rows[s]) for s in vsecs])
+            vpred = val_raw[key]
+            if a.smooth_um > 0:
+                vpred = [smooth_spatial(p, data.spot_um(s, data.val_rows[s]), a.smooth_um)
+                         for s, p in zip(vsecs, vpred, strict=True)]
+            factor = shrink_factor(vpred, [data.label_rows(s, data.val_rows[s]) for s in vsecs])
             result.info[f"shrink_factor[{name}]"] = factor
             if result.checkpoint is not None:
-                save_shrink_factor(Path(result.checkpoint).parent, key, factor)
+                save_shrink_factor(Path(result.checkpoint).parent, (*key, float(a.smooth_um)), factor)
         out[name] = {s: centre_on(p, level, factor) for s, p in preds.items()}
     return out

@@ -101,6 +101,14 @@ def make_meta(model_cfg: ModelConfig, data: SplitData, norm: dict[str, Any]) -> 
     }
 
 
+def label_scale(labels: np.ndarray) -> dict[str, list[float]]:
+    """Per-gene mean and std of the training labels; a gene constant in training keeps std 1 (nothing to scale)."""
+    y = np.asarray(labels, dtype=np.float64)
+    std = y.std(0)
+    std[~(std > 1e-6)] = 1.0
+    return {"mean": [float(x) for x in y.mean(0)], "std": [float(x) for x in std]}
+
+
 def normalisation_for(model_cfg: ModelConfig, data: SplitData) -> dict[str, Any]:
     """The run's patch normalisation: per patch (the paper), or statistics of the training patches."""
     if model_cfg.options.get("normalise", None) is not None:
@@ -167,6 +175,12 @@ def _fit_lightning(model: torch.nn.Module, model_cfg: ModelConfig, cfg: TrainCon
     """The Lightning path every trained kind shares: metadata, gene-head start, `run_lightning`, test predictions."""
     train_ds, val_ds = datasets
     meta = make_meta(model_cfg, data, normalisation_for(model_cfg, data))
+    if cfg.scale_labels == "gene":
+        if getattr(model, "zinb_weight", 0):
+            raise ConfigError(f"model '{model_cfg.name}' fits a count likelihood (zinb_weight) to its labels: "
+                              "train.scale_labels must be 'none'")
+        meta["label_scale"] = label_scale(data.fit_train_labels(cfg.centre_labels))
+        head_level = torch.zeros_like(head_level)  # standardised labels have mean 0
     init_bias = getattr(model, "init_output_bias", None)
     if callable(init_bias):  # gene heads start at the mean training label (training spots only)
         init_bias(head_level)
@@ -239,6 +253,8 @@ def _fit_section_model(model: torch.nn.Module, model_cfg: ModelConfig, cfg: Trai
 def _fit_retrieval_model(model: torch.nn.Module, model_cfg: ModelConfig, cfg: TrainConfig, data: SplitData,
                          run_dir: Path, resume: bool) -> FitResult:
     """Store the training labels (training spots only, validation excluded), then train like a spot model."""
+    if cfg.scale_labels != "none":
+        raise ConfigError(f"model '{model_cfg.name}' retrieves training labels: train.scale_labels must be 'none'")
     model.set_reference(data.fit_train_labels(cfg.centre_labels))
     return _fit_spot_model(model, model_cfg, cfg, data, run_dir, resume)
 

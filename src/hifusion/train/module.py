@@ -15,7 +15,7 @@ from torch import nn
 
 from hifusion.config import TrainConfig
 from hifusion.constants import CKPT_META_KEY
-from hifusion.inference import call_model, model_inputs
+from hifusion.inference import call_model, model_inputs, to_label_units, to_model_units
 from hifusion.metrics import pcc_gene
 from hifusion.models.losses import get_loss
 from hifusion.preprocess import tta_mean
@@ -46,7 +46,8 @@ class ExpressionModule(L.LightningModule):
     def predict_batch(self, batch: dict[str, torch.Tensor], tta: bool = False) -> torch.Tensor:
         """Predictions of a uint8 batch (eval mode expected), averaged over the D4 views when `tta`."""
         spot, region = self.preprocess(batch)
-        return tta_mean(lambda s, r: call_model(self.model, s, r, batch).pred, spot, region, tta)
+        pred = tta_mean(lambda s, r: call_model(self.model, s, r, batch).pred, spot, region, tta)
+        return to_label_units(pred, self.meta)
 
     # --------------------------------------------------------------------------------------------------- training
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
@@ -62,7 +63,7 @@ class ExpressionModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         out = self.run_model(batch)
-        total, parts = self.loss_fn(self.model, out, batch["y"].float())
+        total, parts = self.loss_fn(self.model, out, to_model_units(batch["y"].float(), self.meta))
         bs = batch["y"].shape[0]
         self.log("train_loss", total.detach(), on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
         for k, v in parts.items():
@@ -70,7 +71,7 @@ class ExpressionModule(L.LightningModule):
         return total
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        pred = self.run_model(batch).pred.float()
+        pred = to_label_units(self.run_model(batch).pred.float(), self.meta)
         self._val_outputs.append((batch["index"], pred.detach(), batch["y"].float()))
 
     def on_validation_epoch_end(self) -> None:
