@@ -68,3 +68,17 @@ def test_checkpoints_predict_alone(bench: tuple[Path, object], name: str) -> Non
         again = predict_rows(ExpressionModule(model, TrainConfig(), meta), patches, rows, 16, 32)
     with np.load(run / PRED_FILE) as z:
         np.testing.assert_allclose(again, z["P2"], atol=1e-4)
+
+
+@pytest.mark.parametrize(("name", "options"), [("bleep", TINY["bleep"]), ("hist2st", {**TINY["hist2st"],
+                                                                                      "zinb_weight": 0.25})])
+def test_gene_scaled_labels_are_refused_where_labels_are_not_regressed(tmp_path: Path, name: str,
+                                                                        options: dict) -> None:
+    """A retrieval model returns training labels and a count likelihood needs counts: z-scored labels would make
+    both wrong, so `train.scale_labels: gene` stops them with an error naming the model."""
+    from hifusion.errors import ConfigError
+
+    root = write_dataset(tmp_path / "raw")
+    cfg = parse_config(tiny_config(root, tmp_path / "cache", tmp_path, epochs=1, scale_labels="gene"))
+    with pytest.raises(ConfigError, match=f"model '{name}'.*scale_labels"):
+        run_benchmark(cfg, tmp_path / "out", models=[ModelConfig(name=name, options=options)], figures=False)
