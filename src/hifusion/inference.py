@@ -41,25 +41,24 @@ def call_model(model: nn.Module, spot: torch.Tensor, region: torch.Tensor | None
     return model(spot, region)
 
 
+def _label_scale(meta: dict[str, Any], like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    scale = meta.get("label_scale")
+    if not scale:
+        return None
+    return tuple(torch.as_tensor(scale[k], dtype=like.dtype, device=like.device) for k in ("mean", "std"))
+
+
 def to_label_units(pred: torch.Tensor, meta: dict[str, Any]) -> torch.Tensor:
     """Model outputs in label units: a model trained on gene-standardised labels (`train.scale_labels: gene`, the
     checkpoint's `label_scale`) outputs per-gene z-scores, mapped back here for every prediction path."""
-    scale = meta.get("label_scale")
-    if not scale:
-        return pred
-    mean = torch.as_tensor(scale["mean"], dtype=pred.dtype, device=pred.device)
-    std = torch.as_tensor(scale["std"], dtype=pred.dtype, device=pred.device)
-    return pred * std + mean
+    ms = _label_scale(meta, pred)
+    return pred if ms is None else pred * ms[1] + ms[0]
 
 
 def to_model_units(y: torch.Tensor, meta: dict[str, Any]) -> torch.Tensor:
     """Labels as the model is trained on them (the inverse of `to_label_units`)."""
-    scale = meta.get("label_scale")
-    if not scale:
-        return y
-    mean = torch.as_tensor(scale["mean"], dtype=y.dtype, device=y.device)
-    std = torch.as_tensor(scale["std"], dtype=y.dtype, device=y.device)
-    return (y - mean) / std
+    ms = _label_scale(meta, y)
+    return y if ms is None else (y - ms[0]) / ms[1]
 
 
 class Predictor(nn.Module):
