@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -79,12 +80,16 @@ def test_preprocess_without_stain_options_is_the_plain_normalisation() -> None:
     b, c = preprocess_images([x, x], meta, augment=True)
     assert torch.equal(b, c)  # the spot and its region get the same colour draw
     assert not torch.equal(b, a)
+    meta["stain"]["augment"] = {"resolution": 1.5}
+    torch.manual_seed(2)
+    d, e = preprocess_images([x, x], meta, augment=True)
+    assert torch.equal(d, e) and not torch.equal(d, a)  # one resolution draw per spot too
+    (f,) = preprocess_images([x], meta, augment=False)
+    assert torch.equal(f, a)  # never at prediction time
 
 
 def test_spatial_smoothing_removes_spot_noise_and_keeps_a_broad_pattern() -> None:
     """A pattern over many spots survives a one-pitch Gaussian; independent per-spot errors mostly do not."""
-    import pytest
-
     xy = np.stack(np.meshgrid(np.arange(30), np.arange(20)), -1).reshape(-1, 2) * 200.0  # legacy ST pitch, um
     pattern = np.sin(xy[:, 0] / 1500.0)[:, None] + np.cos(xy[:, 1] / 1200.0)[:, None]
     noisy = pattern + np.random.default_rng(0).normal(0, 1.0, (len(xy), 1))
@@ -102,3 +107,30 @@ def test_spatial_smoothing_removes_spot_noise_and_keeps_a_broad_pattern() -> Non
         smooth_spatial(noisy, xy[:-1], 200.0)
     with pytest.raises(ValueError, match=">= 0"):
         smooth_spatial(noisy, xy, -1.0)
+
+
+def test_gene_projection_keeps_shared_programmes_and_the_level() -> None:
+    """Predictions = two co-expression programmes + independent per-gene error: projecting onto the training labels'
+    two axes removes most of the error, keeps the pattern, and leaves each gene's section mean as it was."""
+    from hifusion.preprocess import gene_axes, project_genes
+
+    rng = np.random.default_rng(0)
+    loadings = rng.normal(size=(2, 40))
+
+    def section(n: int, level: float) -> np.ndarray:
+        return rng.normal(size=(n, 2)) @ loadings + level + 0.1 * rng.normal(size=(n, 40))
+
+    train = [section(200, 0.0), section(150, 3.0)]  # the second section's level must not enter the axes
+    axes, sd = gene_axes(train, 2)
+    assert axes.shape == (2, 40) and sd.shape == (40,)
+    np.testing.assert_allclose(axes @ axes.T, np.eye(2), atol=1e-8)
+    truth = section(120, 1.0)
+    pred = truth + rng.normal(size=truth.shape)
+    out = project_genes(pred, axes, sd)
+    np.testing.assert_allclose(out.mean(0), pred.mean(0), atol=1e-5)
+    assert ((out - truth) ** 2).mean() < 0.3 * ((pred - truth) ** 2).mean()
+    full, sd_full = gene_axes(train, 40)
+    np.testing.assert_allclose(project_genes(pred, full, sd_full), pred, atol=1e-4)  # every axis: unchanged
+    np.testing.assert_allclose(project_genes(pred[:1], axes, sd), pred[:1], atol=1e-6)  # one spot has no pattern
+    with pytest.raises(ValueError, match="do not fit"):
+        project_genes(pred[:, :30], axes, sd)

@@ -64,3 +64,22 @@ def test_lab_stats_of_uint8_and_pooling() -> None:
     np.testing.assert_allclose(S.pool_stats([(a, 16), (b, 16)]), S.lab_stats([u8]), atol=1e-4)
     with pytest.raises(ValueError):
         S.lab_stats([])
+
+
+def test_resolution_augmentation_blurs_by_the_drawn_factor_and_keeps_level_zero() -> None:
+    """Level 0 leaves a spot as it is; higher levels remove more fine detail; the draws are seeded."""
+    side = 32
+    wave = torch.sin(2 * torch.pi * torch.arange(side).float() / 6)  # a 6 px period: fine but above Nyquist
+    x = (0.5 + 0.4 * wave.view(-1, 1) * wave.view(1, -1)).expand(8, 3, side, side).clone()
+    levels = torch.arange(8)
+    y = S.apply_resolution(x, levels, 1.5)
+    assert torch.equal(y[0], x[0]) and y.shape == x.shape and y.min() >= 0 and y.max() <= 1
+    detail = [(y[i] - y[i].mean()).abs().mean().item() for i in range(8)]
+    assert all(a > b for a, b in zip(detail[:-1], detail[1:], strict=True))  # less detail with every level
+    assert detail[7] < 0.25 * detail[0]  # 2.5x coarser
+    assert torch.equal(S.apply_resolution(x, levels, 0.0), x)  # spread 0 is off
+    torch.manual_seed(3)
+    a = S.resolution_levels(64, 1.5, x)
+    torch.manual_seed(3)
+    assert torch.equal(a, S.resolution_levels(64, 1.5, x)) and int(a.min()) >= 0 and int(a.max()) <= 7
+    assert len(torch.unique(a)) > 4

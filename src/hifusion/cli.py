@@ -215,12 +215,16 @@ def predict(
     smooth_um: Annotated[float | None, typer.Option(help="Average each spot's prediction with its neighbours' "
                                                          "(Gaussian sigma in microns; 0 = off). Unset: recipe.json, "
                                                          "else 0.")] = None,
+    gene_pcs: Annotated[int | None, typer.Option(help="Keep each spot's deviation from the slide's mean along the "
+                                                      "top-k co-expression axes of the training labels (stored by a "
+                                                      "benchmark in recipe.json; 0 = off). Unset: recipe.json, else "
+                                                      "0.")] = None,
 ) -> None:
     """Predict expression over a whole slide: h5ad + CSV + per-gene maps + index.html in OUT."""
     from hifusion.predict import predict_slide
     from hifusion.predict.engine import resolve_recipe
 
-    recipe, source = resolve_recipe(checkpoint, adabn, tta, calibrate, smooth_um)
+    recipe, source = resolve_recipe(checkpoint, adabn, tta, calibrate, smooth_um, gene_pcs)
     result = predict_slide(
         checkpoint, slide, out, mpp=mpp, spots=spots, grid=grid, pitch_um=pitch_um, genes=_sections(genes),
         batch_size=batch_size, device=device, progress=True, min_tissue=min_tissue, **recipe,

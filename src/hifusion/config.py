@@ -55,12 +55,15 @@ class GenesConfig(_Strict):
 
 
 class StainAugmentConfig(_Strict):
-    """Colour augmentation at training time (0 = off), one draw per spot shared by its spot and region patches."""
+    """Colour and resolution augmentation at training time (0 = off), one draw per spot shared by its spot and
+    region patches."""
 
     hed: float = Field(0.0, ge=0, lt=1)  # Tellez-style HED jitter: stain scale U(1-s, 1+s), shift U(-s, s)
     brightness: float = Field(0.0, ge=0, lt=1)
     contrast: float = Field(0.0, ge=0, lt=1)
     saturation: float = Field(0.0, ge=0, lt=1)
+    # scanner resolution: a spot's patches seen at 1/f of their resolution, f log-spaced in [1, 1 + r] (8 levels)
+    resolution: float = Field(0.0, ge=0, le=7)
 
 
 class StainConfig(_Strict):
@@ -79,17 +82,20 @@ class AdaptConfig(_Strict):
     - calibrate: `centre` sets each gene's section mean to the training mean (the level a slide's stain cannot
       move); `shrink` also scales the spatial part by one factor fitted on the validation spots (needs train.val);
     - smooth_um: each spot's prediction averaged with its neighbours' under a Gaussian of this sigma in microns
-      (0: off), applied before calibration; it uses the predictions and the spot layout, never the expression.
+      (0: off), applied before calibration; it uses the predictions and the spot layout, never the expression;
+    - gene_pcs: each spot's deviation from the section's mean prediction kept along the top-k co-expression axes of
+      the training labels only (0: off), after smoothing and before calibration.
     """
 
     adabn: bool = False
     tta: bool = False
     calibrate: Literal["none", "centre", "shrink"] = "none"
     smooth_um: float = Field(0.0, ge=0.0, le=5000.0)
+    gene_pcs: int = Field(0, ge=0, le=1000)
 
     @property
     def plain(self) -> bool:
-        return not (self.adabn or self.tta or self.calibrate != "none" or self.smooth_um > 0)
+        return not (self.adabn or self.tta or self.calibrate != "none" or self.smooth_um > 0 or self.gene_pcs > 0)
 
 
 class DataConfig(_Strict):

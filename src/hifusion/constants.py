@@ -106,6 +106,8 @@ PER_GENE_CSV = "per_gene.csv"  # per model, section and gene: pcc, mse, mae
 # Shrink factors of `calibrate: shrink` (fitted on validation spots by the benchmark), beside the checkpoints, keyed
 # by the test-time options they were fitted under ("adabn=0,tta=0"); `predict --calibrate shrink` reads them.
 CALIBRATION_JSON = "calibration.json"
-# The test-time recipe (adabn, tta, calibrate) of the benchmark that fitted the checkpoints beside it: `predict`
-# follows it unless told otherwise, so a slide is predicted the way the model was evaluated.
+# The test-time recipe (adabn, tta, calibrate, smooth_um, gene_pcs) of the benchmark that fitted the checkpoints beside
+# it: `predict` follows it unless told otherwise, so a slide is predicted the way the model was evaluated.
 RECIPE_JSON = "recipe.json"
+# In a recipe with gene_pcs > 0: the training labels' co-expression axes {panel, axes (k x G), sd (G)}.
+RECIPE_GENE_AXES = "gene_axes"

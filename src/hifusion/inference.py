@@ -139,7 +139,10 @@ def predict_section(module: Any, patches: Any, rows: np.ndarray, coords: np.ndar
     return predict_loader(module, batch, adabn_batches=batch if adabn else None, tta=tta)
 
 
-def calibration_key(adabn: bool, tta: bool, smooth_um: float = 0.0) -> str:
-    """Key of a shrink factor in `calibration.json`, per set of test-time options (smoothing only when on)."""
+def calibration_key(adabn: bool, tta: bool, smooth_um: float = 0.0, gene_pcs: int = 0) -> str:
+    """Key of a shrink factor in `calibration.json`, per set of test-time options (smoothing and the gene
+    projection only when on)."""
     key = f"adabn={int(bool(adabn))},tta={int(bool(tta))}"
-    return key if not smooth_um else f"{key},smooth_um={float(smooth_um):g}"
+    if smooth_um:
+        key += f",smooth_um={float(smooth_um):g}"
+    return key if not gene_pcs else f"{key},gene_pcs={int(gene_pcs)}"

@@ -58,8 +58,8 @@ def preprocess_images(
     """uint8 image batches of the same spots (spot, region, ...) -> model inputs, with the checkpoint's stain rules.
 
     Order: Reinhard normalisation of each spot's section onto the training reference (`source`: (B, 2, 3) LAB
-    statistics of the spot's section), then, when training, one colour augmentation per spot shared by all its
-    images, then standardisation. Without stain options this is exactly `normalise_images`.
+    statistics of the spot's section), then, when training, one resolution and colour augmentation per spot shared by
+    all its images, then standardisation. Without stain options this is exactly `normalise_images`.
     """
     norm = meta["normalisation"]
     st = meta.get("stain") or {}
@@ -72,6 +72,10 @@ def preprocess_images(
         xs = [None if x is None else stain.reinhard(x, src, ref) for x in xs]
     if augment and st.get("augment"):
         first = next(x for x in xs if x is not None)
+        spread = float(st["augment"].get("resolution", 0.0))
+        if spread > 0:
+            levels = stain.resolution_levels(first.shape[0], spread, first)
+            xs = [None if x is None else stain.apply_resolution(x, levels, spread) for x in xs]
         params = stain.colour_params(first.shape[0], st["augment"], first)
         xs = [None if x is None else stain.apply_colour(x, params) for x in xs]
     return [None if x is None else standardise(x, norm["mode"], norm.get("mean"), norm.get("std"))
@@ -192,3 +196,38 @@ def smooth_spatial(pred: np.ndarray, coords: np.ndarray, sigma: float) -> np.nda
     w = w.tocsr()
     w.setdiag(1.0)  # the spot itself (a zero distance is not stored)
     return np.asarray((w @ p) / np.asarray(w.sum(axis=1)), dtype=np.float32)
+
+
+def gene_axes(labels: Iterable[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Co-expression axes of training labels: the top-`k` principal axes (k, G) of the labels with each section
+    centred on its own mean and each gene divided by its std, and that std (G,).
+
+    Within-section co-expression is what the training patients share (cell types, tumour vs stroma); the section
+    means are left out, since they carry the level between patients that `project_genes` must not move."""
+    parts = [np.asarray(y, np.float64) for y in labels]
+    parts = [y - y.mean(0) for y in parts if len(y)]
+    if not parts:
+        raise ValueError("no training labels to fit co-expression axes on")
+    x = np.concatenate(parts)
+    sd = x.std(0)
+    sd = np.where(sd > 1e-8, sd, 1.0)
+    _, _, vt = np.linalg.svd(x / sd, full_matrices=False)
+    return vt[: max(0, int(k))].copy(), sd
+
+
+def project_genes(pred: np.ndarray, axes: np.ndarray, sd: np.ndarray) -> np.ndarray:
+    """A section's predictions with each spot's deviation from the section's mean prediction kept only along the
+    training labels' co-expression axes (`gene_axes`); the section mean, the model's level, is left as it is.
+
+    An image model's errors spread over all genes alike while the pattern it gets right lives in a few co-expression
+    programmes, so dropping the other directions removes error and little of the pattern. Uses the predictions and
+    training labels only."""
+    p = np.asarray(pred, dtype=np.float64)
+    a, s = np.asarray(axes, np.float64), np.asarray(sd, np.float64)
+    if a.ndim != 2 or a.shape[1] != p.shape[1] or s.shape != (p.shape[1],):
+        raise ValueError(f"co-expression axes {a.shape} / std {s.shape} do not fit predictions of {p.shape[1]} genes")
+    if len(p) < 2 or len(a) == 0:
+        return p.astype(np.float32)
+    m = p.mean(0)
+    z = (p - m) / s
+    return ((z @ a.T) @ a * s + m).astype(np.float32)

@@ -157,6 +157,38 @@ def apply_colour(x: torch.Tensor, p: Mapping[str, torch.Tensor]) -> torch.Tensor
     return x
 
 
+# Scanner resolution: the same tissue scanned at 20x instead of 40x, or saved as a downscaled copy, reaches the model
+# blurred after resampling to the patch scale. Each spot draws one of _RES_LEVELS log-spaced factors in [1, 1 + r]
+# (level 0: unchanged), shared by its spot and region patches (same physical scale); the patch is area-downsampled by
+# that factor and resized back (bilinear). Quantised levels keep the work to a few batched resizes.
+_RES_LEVELS = 8
+
+
+def resolution_levels(n: int, spread: float, like: torch.Tensor) -> torch.Tensor:
+    """Per-image level in 0.._RES_LEVELS-1 (global torch generator, like `colour_params`)."""
+    if spread <= 0:
+        return torch.zeros(n, dtype=torch.long, device=like.device)
+    return torch.randint(0, _RES_LEVELS, (n,)).to(like.device)
+
+
+def apply_resolution(x: torch.Tensor, levels: torch.Tensor, spread: float) -> torch.Tensor:
+    """Images of `x` (B, 3, H, W) seen at 1 / factor of their resolution, factor = (1 + spread) ** (level / 7)."""
+    if spread <= 0 or not bool((levels > 0).any()):
+        return x
+    out = x.clone()
+    h, w = x.shape[-2:]
+    for lv in torch.unique(levels).tolist():
+        if lv == 0:
+            continue
+        f = (1.0 + spread) ** (lv / (_RES_LEVELS - 1))
+        idx = (levels == lv).nonzero(as_tuple=True)[0]
+        small = torch.nn.functional.interpolate(x[idx], size=(max(2, round(h / f)), max(2, round(w / f))),
+                                                mode="area")
+        out[idx] = torch.nn.functional.interpolate(small, size=(h, w), mode="bilinear",
+                                                   align_corners=False).clamp(0.0, 1.0)
+    return out
+
+
 def stain_meta(augment: Mapping[str, float] | None, normalise: str, reference: np.ndarray | None) -> dict[str, Any]:
     """The stain part of a checkpoint's metadata (primitives only), read back by training and prediction alike."""
     return {

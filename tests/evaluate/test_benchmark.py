@@ -85,7 +85,7 @@ def test_stain_options_and_test_time_variants(tmp_path: Path) -> None:
     raw["data"]["stain"] = {"normalise": "reinhard", "augment": {"hed": 0.05, "brightness": 0.1}}
     raw["adapt"] = {"adabn": True, "calibrate": "centre"}
     raw["adapt_variants"] = {"plain": {}, "shrink": {"calibrate": "shrink"}, "tta": {"tta": True},
-                             "smooth": {"smooth_um": 300.0}}
+                             "smooth": {"smooth_um": 300.0}, "pcs": {"smooth_um": 300.0, "gene_pcs": 2}}
     res = run_benchmark(parse_config(raw), tmp_path / "out", figures=False)
     metrics = pd.read_csv(res.out / "metrics.csv")
     labels = set(metrics["model"])
@@ -109,7 +109,7 @@ def test_stain_options_and_test_time_variants(tmp_path: Path) -> None:
     assert json.loads((run / C.CKPT_DIR / C.CALIBRATION_JSON).read_text()) == {"adabn=0,tta=0": factor}
     # the main row's recipe too, which `predict` follows by default
     recipe = json.loads((run / C.CKPT_DIR / C.RECIPE_JSON).read_text())
-    assert recipe == {"adabn": True, "tta": False, "calibrate": "centre", "smooth_um": 0.0}
+    assert recipe == {"adabn": True, "tta": False, "calibrate": "centre", "smooth_um": 0.0, "gene_pcs": 0}
     # the plain row is the unadapted model: its section means are its own
     plain = ad.read_h5ad(res.out / "predictions" / "hifusion [plain]" / "P2.h5ad").X
     assert np.abs(plain.mean(0) - np.asarray(meta["train_mean"])).max() > 1e-4
@@ -122,6 +122,11 @@ def test_stain_options_and_test_time_variants(tmp_path: Path) -> None:
     np.testing.assert_allclose(smooth.X, smooth_spatial(plain_ad.X, plain_ad.obsm[C.OBSM_SPATIAL] * mpp, 300.0),
                                atol=1e-5)
     assert smooth.X.var(0).sum() < 0.9 * plain_ad.X.var(0).sum()  # the kernel really averaged neighbours
+    # the projected row: the smoothed one with its deviations from the section mean kept along 2 co-expression axes
+    # of the training labels (the level stays the model's)
+    pcs = ad.read_h5ad(res.out / "predictions" / "hifusion [pcs]" / "P2.h5ad").X
+    np.testing.assert_allclose(pcs.mean(0), smooth.X.mean(0), atol=1e-5)
+    assert np.linalg.matrix_rank(pcs - pcs.mean(0), tol=1e-4) <= 2 < np.linalg.matrix_rank(smooth.X - smooth.X.mean(0))
     # resuming reads every variant back from the predictions file
     again = run_benchmark(parse_config(raw), tmp_path / "out", figures=False, resume=True)
     pd.testing.assert_frame_equal(again.metrics.reset_index(drop=True), res.metrics.reset_index(drop=True))

@@ -3,6 +3,7 @@ the patches `prepare` cuts (same extract function, same module preprocessing).""
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from pathlib import Path
@@ -363,19 +364,20 @@ def test_predict_follows_the_benchmark_recipe_beside_the_checkpoint(tmp_path: Pa
     assert resolve_recipe(ckpt) == (DEFAULT_RECIPE, "defaults")
     (ckpt.parent / C.RECIPE_JSON).write_text('{"adabn": false, "tta": true, "calibrate": "none"}')  # pre-smoothing
     recipe, source = resolve_recipe(ckpt)
-    assert recipe == {"adabn": False, "tta": True, "calibrate": "none", "smooth_um": 0.0}
+    assert recipe == {"adabn": False, "tta": True, "calibrate": "none", "smooth_um": 0.0, "gene_pcs": 0}
     assert source.endswith(C.RECIPE_JSON)
     (ckpt.parent / C.RECIPE_JSON).write_text('{"adabn": false, "tta": true, "calibrate": "none", "smooth_um": 150}')
-    assert resolve_recipe(ckpt, tta=False)[0] == {"adabn": False, "tta": False, "calibrate": "none", "smooth_um": 150}
-    assert resolve_recipe(ckpt, True, False, "centre", 0.0) == (
-        {"adabn": True, "tta": False, "calibrate": "centre", "smooth_um": 0.0}, "command line")
+    assert resolve_recipe(ckpt, tta=False)[0] == {"adabn": False, "tta": False, "calibrate": "none", "smooth_um": 150,
+                                                  "gene_pcs": 0}
+    assert resolve_recipe(ckpt, True, False, "centre", 0.0, 0) == (
+        {"adabn": True, "tta": False, "calibrate": "centre", "smooth_um": 0.0, "gene_pcs": 0}, "command line")
     spots = write_spots(tmp_path / "spots.csv", np.array([[400.0, 380.0], [300.2, 420.7], [520.0, 300.0]]))
     runner = CliRunner()
     res = runner.invoke(app, ["predict", "--checkpoint", str(ckpt), "--slide", str(plain_png), "--out",
                               str(tmp_path / "cli"), "--mpp", "1.0", "--spots", str(spots), "--device", "cpu",
                               "--no-tta", "--smooth-um", "0"])
     assert res.exit_code == 0, res.output
-    assert "adabn=False, tta=False, calibrate=none, smooth_um=0.0" in res.output
+    assert "adabn=False, tta=False, calibrate=none, smooth_um=0.0, gene_pcs=0" in res.output
     info = ad.read_h5ad(tmp_path / "cli" / "predictions.h5ad").uns[C.UNS_HIFUSION]
     assert (info["adabn"], info["tta"], info["calibrate"], info["smooth_um"]) == (False, False, "none", 0.0)
     (ckpt.parent / C.RECIPE_JSON).write_text('{"adabn": false, "tta": false, "calibrate": "none", "smooth_um": -5}')
@@ -384,6 +386,33 @@ def test_predict_follows_the_benchmark_recipe_beside_the_checkpoint(tmp_path: Pa
     (ckpt.parent / C.RECIPE_JSON).write_text('{"adabn": false}')
     with pytest.raises(CheckpointError, match="recipe"):
         resolve_recipe(ckpt)
+    # a recipe that projects onto co-expression axes carries them; predict applies them as the benchmark did
+    from hifusion.preprocess import project_genes
+
+    axes = np.linalg.qr(np.random.default_rng(0).normal(size=(len(PANEL), 2)))[0].T  # 2 orthonormal axes
+    sd = np.linspace(0.5, 1.5, len(PANEL))
+    recipe = {"adabn": False, "tta": False, "calibrate": "none", "smooth_um": 0.0, "gene_pcs": 2,
+              C.RECIPE_GENE_AXES: {"panel": list(PANEL), "axes": axes.tolist(), "sd": sd.tolist()}}
+    (ckpt.parent / C.RECIPE_JSON).write_text(json.dumps(recipe))
+    assert resolve_recipe(ckpt)[0]["gene_pcs"] == 2
+    plain = ad.read_h5ad(tmp_path / "cli" / "predictions.h5ad").X
+    out = predict_slide(ckpt, plain_png, tmp_path / "pcs", mpp=1.0, spots=spots, progress=False, device="cpu",
+                        **resolve_recipe(ckpt)[0])
+    pcs = ad.read_h5ad(out / "predictions.h5ad")
+    np.testing.assert_allclose(pcs.X, project_genes(plain, axes, sd), atol=1e-5)
+    np.testing.assert_allclose(pcs.X.mean(0), plain.mean(0), atol=1e-5)  # the slide's level is the model's
+    assert pcs.uns[C.UNS_HIFUSION]["gene_pcs"] == 2
+    with pytest.raises(CheckpointError, match="stores 2 axes"):
+        predict_slide(ckpt, plain_png, tmp_path / "bad", mpp=1.0, spots=spots, progress=False, gene_pcs=3)
+    recipe[C.RECIPE_GENE_AXES]["panel"] = list(PANEL)[::-1]
+    (ckpt.parent / C.RECIPE_JSON).write_text(json.dumps(recipe))
+    with pytest.raises(CheckpointError, match="gene panel"):
+        predict_slide(ckpt, plain_png, tmp_path / "bad", mpp=1.0, spots=spots, progress=False, gene_pcs=2)
+    (ckpt.parent / C.RECIPE_JSON).write_text('{"adabn": false, "tta": false, "calibrate": "none"}')
+    with pytest.raises(CheckpointError, match="co-expression axes"):
+        predict_slide(ckpt, plain_png, tmp_path / "bad", mpp=1.0, spots=spots, progress=False, gene_pcs=2)
+    with pytest.raises(ConfigError, match="gene_pcs"):
+        predict_slide(ckpt, plain_png, tmp_path / "bad", mpp=1.0, spots=spots, progress=False, gene_pcs=-1)
 
 
 def test_map_discs_leave_room_between_spots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

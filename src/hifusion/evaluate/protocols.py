@@ -140,7 +140,7 @@ def _fit_members(m: ModelConfig, train_cfg: Any, data: Any, mdir: Path, resume: 
         preds = {"": res.predictions}
         test_time = res.info.get("test_time", True)  # False: a model with nothing to adapt (e.g. the mean profile)
         if res.checkpoint is not None and test_time:
-            save_recipe(Path(res.checkpoint).parent, variants[""])
+            save_recipe(Path(res.checkpoint).parent, variants[""], data)
         if test_time and res.predict is not None and not all(v.plain for v in variants.values()):
             preds = predict_variants(res, data, variants)
         members.append(preds)

@@ -25,7 +25,7 @@ from hifusion.inference import Predictor, calibration_key, predict_loader
 from hifusion.predict import outputs
 from hifusion.predict.slide import PatchStream, Slide, open_slide
 from hifusion.predict.tissue import DEFAULT_MIN_FRACTION, default_pitch_um, detect_tissue, spot_grid, tissue_fraction
-from hifusion.preprocess import centre_on, smooth_spatial
+from hifusion.preprocess import centre_on, project_genes, smooth_spatial
 from hifusion.stain import lab_stats
 
 GRID_KINDS = ("hex", "square")
@@ -157,14 +157,17 @@ def _with_source(batches: Iterable[dict[str, torch.Tensor]], source: np.ndarray 
 def predict_coords(
     module: Any, slide: Slide, coords: np.ndarray, *, batch_size: int = 64, workers: int | None = None,
     progress: bool = False, adabn: bool = False, tta: bool = False, calibrate: str = "none",
-    smooth_um: float = 0.0, adapt_spots: int = ADAPT_SPOTS,
+    smooth_um: float = 0.0, gene_pcs: int = 0, gene_axes: tuple[np.ndarray, np.ndarray] | None = None,
+    adapt_spots: int = ADAPT_SPOTS,
 ) -> np.ndarray:
     """Predictions (N, G) for level-0 spot centres, streamed batch by batch from the slide.
 
     Test-time options use this slide's images only: stain normalisation (when the checkpoint was trained with it)
     and `adabn` read up to `adapt_spots` of its spots first; `tta` averages the 8 D4 views; `smooth_um` averages
-    each spot with its neighbours (Gaussian sigma in microns, at the slide's level-0 um/px); `calibrate='centre'`
-    sets each gene's slide mean to the training mean stored in the checkpoint.
+    each spot with its neighbours (Gaussian sigma in microns, at the slide's level-0 um/px); `gene_pcs` keeps each
+    spot's deviation from the slide's mean along the first `gene_pcs` of `gene_axes` (axes, sd: the training labels'
+    co-expression axes from the recipe); `calibrate='centre'` sets each gene's slide mean to the training mean stored
+    in the checkpoint.
     """
     meta = module.meta
     device = next(module.parameters()).device
@@ -183,13 +186,17 @@ def predict_coords(
     pred = predict_loader(module, batches, adabn_batches=adabn_batches, tta=tta)
     if smooth_um > 0:
         pred = smooth_spatial(pred, np.asarray(coords, np.float64) * slide.mpp, smooth_um)
+    if gene_pcs > 0:
+        if gene_axes is None or len(gene_axes[0]) < gene_pcs:
+            raise ConfigError(f"gene_pcs {gene_pcs} needs at least that many co-expression axes from the recipe")
+        pred = project_genes(pred, gene_axes[0][:gene_pcs], gene_axes[1])
     if calibrate == "auto":  # the benchmark's fitted factor where there is one, else centring alone (if it can)
-        calibrate = ("shrink" if _has_shrink(module, adabn, tta, smooth_um)
+        calibrate = ("shrink" if _has_shrink(module, adabn, tta, smooth_um, gene_pcs)
                      else "centre" if "train_mean" in meta else "none")
     if calibrate in ("centre", "shrink"):
         if "train_mean" not in meta:
             raise CheckpointError(f"calibrate '{calibrate}' needs the training mean, which this checkpoint predates")
-        factor = 1.0 if calibrate == "centre" else shrink_for(module, adabn, tta, smooth_um)
+        factor = 1.0 if calibrate == "centre" else shrink_for(module, adabn, tta, smooth_um, gene_pcs)
         pred = centre_on(pred, np.asarray(meta["train_mean"], np.float64), factor)
     elif calibrate != "none":
         raise ConfigError(f"calibrate must be one of {CALIBRATE}, got '{calibrate}'")
@@ -197,11 +204,12 @@ def predict_coords(
 
 
 # What `hifusion predict` does when neither the user nor a benchmark's recipe.json says otherwise.
-DEFAULT_RECIPE = {"adabn": True, "tta": False, "calibrate": "auto", "smooth_um": 0.0}
+DEFAULT_RECIPE = {"adabn": True, "tta": False, "calibrate": "auto", "smooth_um": 0.0, "gene_pcs": 0}
 
 
 def resolve_recipe(checkpoint: str | Path, adabn: bool | None = None, tta: bool | None = None,
-                   calibrate: str | None = None, smooth_um: float | None = None) -> tuple[dict[str, Any], str]:
+                   calibrate: str | None = None, smooth_um: float | None = None,
+                   gene_pcs: int | None = None) -> tuple[dict[str, Any], str]:
     """Test-time options for `predict`: those given, else the benchmark's recipe beside the checkpoint, else defaults.
 
     A model is best predicted the way it was evaluated: a 2D (cross-patient) recipe differs from the within-patient
@@ -214,7 +222,8 @@ def resolve_recipe(checkpoint: str | Path, adabn: bool | None = None, tta: bool 
         try:
             saved = json.loads(path.read_text())
             base = {"adabn": bool(saved["adabn"]), "tta": bool(saved["tta"]), "calibrate": str(saved["calibrate"]),
-                    "smooth_um": float(saved.get("smooth_um", 0.0))}  # recipes from before smoothing: off
+                    "smooth_um": float(saved.get("smooth_um", 0.0)),  # recipes from before smoothing: off
+                    "gene_pcs": int(saved.get("gene_pcs", 0))}
         except (ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"unreadable test-time recipe ({e}); delete it or pass --adabn/--tta/--calibrate",
                                   path) from e
@@ -222,27 +231,46 @@ def resolve_recipe(checkpoint: str | Path, adabn: bool | None = None, tta: bool 
             raise CheckpointError(f"calibrate must be one of {CALIBRATE}, got '{base['calibrate']}'", path)
         if not 0.0 <= base["smooth_um"] < float("inf"):
             raise CheckpointError(f"smooth_um must be a finite number >= 0, got {base['smooth_um']}", path)
+        if base["gene_pcs"] < 0:
+            raise CheckpointError(f"gene_pcs must be >= 0, got {base['gene_pcs']}", path)
         source = str(path)
-    given = {"adabn": adabn, "tta": tta, "calibrate": calibrate, "smooth_um": smooth_um}
+    given = {"adabn": adabn, "tta": tta, "calibrate": calibrate, "smooth_um": smooth_um, "gene_pcs": gene_pcs}
     recipe = {k: base[k] if v is None else v for k, v in given.items()}
     if all(v is not None for v in given.values()):
         source = "command line"
     return recipe, source
 
 
-def _has_shrink(module: Any, adabn: bool, tta: bool, smooth_um: float = 0.0) -> bool:
+def read_gene_axes(checkpoint: str | Path, k: int, panel: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The training labels' co-expression axes a benchmark stored in the recipe beside the checkpoint (first `k`)."""
+    path = Path(checkpoint).parent / C.RECIPE_JSON
     try:
-        shrink_for(module, adabn, tta, smooth_um)
+        stored = json.loads(path.read_text())[C.RECIPE_GENE_AXES]
+        axes, sd = np.asarray(stored["axes"], np.float64), np.asarray(stored["sd"], np.float64)
+        same_panel = list(stored["panel"]) == list(panel)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"gene_pcs needs the co-expression axes a benchmark stores in {C.RECIPE_JSON} beside "
+                              f"the checkpoint ({type(e).__name__}: {e}); use --gene-pcs 0", path) from e
+    if not same_panel or axes.ndim != 2 or axes.shape[1] != len(panel) or sd.shape != (len(panel),):
+        raise CheckpointError("the recipe's co-expression axes do not match the checkpoint's gene panel", path)
+    if len(axes) < k:
+        raise CheckpointError(f"gene_pcs {k} asked, but the recipe stores {len(axes)} axes", path)
+    return axes[:k], sd
+
+
+def _has_shrink(module: Any, adabn: bool, tta: bool, smooth_um: float = 0.0, gene_pcs: int = 0) -> bool:
+    try:
+        shrink_for(module, adabn, tta, smooth_um, gene_pcs)
     except CheckpointError:
         return False
     return True
 
 
-def shrink_for(module: Any, adabn: bool, tta: bool, smooth_um: float = 0.0) -> float:
+def shrink_for(module: Any, adabn: bool, tta: bool, smooth_um: float = 0.0, gene_pcs: int = 0) -> float:
     """The shrink factor the benchmark fitted on validation spots for this checkpoint and these test-time options."""
     ckpt = getattr(module, "checkpoint_path", None)
     path = None if ckpt is None else Path(ckpt).parent / C.CALIBRATION_JSON
-    key = calibration_key(adabn, tta, smooth_um)
+    key = calibration_key(adabn, tta, smooth_um, gene_pcs)
     try:
         factor = json.loads(path.read_text())[key] if path is not None else None
     except (OSError, ValueError, KeyError):
@@ -254,7 +282,8 @@ def shrink_for(module: Any, adabn: bool, tta: bool, smooth_um: float = 0.0) -> f
     return float(factor)
 
 
-def _check_options(grid: str, pitch_um: float | None, batch_size: int, calibrate: str, smooth_um: float = 0.0) -> None:
+def _check_options(grid: str, pitch_um: float | None, batch_size: int, calibrate: str, smooth_um: float = 0.0,
+                   gene_pcs: int = 0) -> None:
     if grid not in GRID_KINDS:
         raise ConfigError(f"grid must be one of {GRID_KINDS}, got '{grid}'")
     if pitch_um is not None and not pitch_um > 0:
@@ -265,6 +294,8 @@ def _check_options(grid: str, pitch_um: float | None, batch_size: int, calibrate
         raise ConfigError(f"calibrate must be one of {CALIBRATE}, got '{calibrate}'")
     if not 0.0 <= smooth_um < float("inf"):
         raise ConfigError(f"smoothing must be a finite number of microns >= 0, got {smooth_um}")
+    if gene_pcs < 0:
+        raise ConfigError(f"gene_pcs must be >= 0 (0 = off), got {gene_pcs}")
 
 
 def _grid_spots(s: Slide, mask: np.ndarray, scalef: float, fov_px: float, pitch: float, grid: str,
@@ -278,6 +309,18 @@ def _grid_spots(s: Slide, mask: np.ndarray, scalef: float, fov_px: float, pitch:
                          f"pitch {pitch:g} um)", slide_path)
     barcodes = [f"{c}x{r}" for c, r in idx]
     return coords, barcodes, {C.OBS_ARRAY_X: idx[:, 0], C.OBS_ARRAY_Y: idx[:, 1], "tissue_fraction": frac}
+
+
+def _choose_spots(s: Slide, m: dict[str, Any], mask: np.ndarray, scalef: float, fov_px: float,
+                  spots: str | Path | None, pitch_um: float | None, grid: str, min_tissue: float, slide_path: Path,
+                  ) -> tuple[np.ndarray, list[str], dict[str, np.ndarray], float | None]:
+    """The spots to predict: a `spots` file's centres, else a grid over the tissue; (coords, barcodes, obs, pitch)."""
+    if spots is not None:
+        coords, barcodes = read_spots(spots, s.size)
+        return coords, barcodes, {"tissue_fraction": tissue_fraction(mask, scalef, coords, fov_px)}, None
+    pitch = float(pitch_um) if pitch_um is not None else default_pitch_um(m["pixel_size"], m["spot_px"])
+    coords, barcodes, obs = _grid_spots(s, mask, scalef, fov_px, pitch, grid, min_tissue, slide_path)
+    return coords, barcodes, obs, pitch
 
 
 def predict_slide(
@@ -300,6 +343,7 @@ def predict_slide(
     tta: bool = False,
     calibrate: str = "none",
     smooth_um: float = 0.0,
+    gene_pcs: int = 0,
 ) -> Path:
     """Predict a whole slide and write predictions.h5ad, predictions.csv, maps/<gene>.png and index.html into `out`.
 
@@ -310,10 +354,11 @@ def predict_slide(
     coarsest level at least as fine as the patch scale). Returns the output folder.
     """
     checkpoint, slide_path, out = Path(checkpoint), Path(slide), Path(out)
-    _check_options(grid, pitch_um, batch_size, calibrate, smooth_um)
+    _check_options(grid, pitch_um, batch_size, calibrate, smooth_um, gene_pcs)
     module, meta = load_predictor(checkpoint, device)
     m = check_meta(meta, checkpoint)
     panel = m["panel"]
+    axes = read_gene_axes(checkpoint, gene_pcs, panel) if gene_pcs > 0 else None
     unknown = [g for g in genes or [] if g not in panel]
     if unknown:
         raise ConfigError(f"gene(s) not in the checkpoint's panel of {len(panel)}: {', '.join(unknown)}", checkpoint)
@@ -326,17 +371,13 @@ def predict_slide(
         scalef = thumb.shape[1] / width
         fov_px = m["spot_px"] * m["pixel_size"] / s.mpp  # spot field of view, level-0 pixels
         mask = detect_tissue(thumb, min_object_px=max(4, int(np.pi * (fov_px * scalef / 2) ** 2)))
-        if spots is not None:
-            coords, barcodes = read_spots(spots, s.size)
-            obs: dict[str, np.ndarray] = {"tissue_fraction": tissue_fraction(mask, scalef, coords, fov_px)}
-            pitch = None
-        else:
-            pitch = float(pitch_um) if pitch_um is not None else default_pitch_um(m["pixel_size"], m["spot_px"])
-            coords, barcodes, obs = _grid_spots(s, mask, scalef, fov_px, pitch, grid, min_tissue, slide_path)
+        coords, barcodes, obs, pitch = _choose_spots(s, m, mask, scalef, fov_px, spots, pitch_um, grid, min_tissue,
+                                                     slide_path)
         stream = PatchStream(s, m["pixel_size"], m["spot_px"], m["region_px"], batch_size)
         obs[C.OBS_AT_BORDER] = stream.at_border(coords)
         pred = predict_coords(module, s, coords, batch_size=batch_size, workers=workers, progress=progress,
-                              adabn=adabn, tta=tta, calibrate=calibrate, smooth_um=smooth_um)
+                              adabn=adabn, tta=tta, calibrate=calibrate, smooth_um=smooth_um, gene_pcs=gene_pcs,
+                              gene_axes=axes)
         info = {
             "version": __version__, "checkpoint": str(checkpoint), "slide": str(slide_path),
             "model": meta["model"]["name"], "label": m["label"], "mpp": s.mpp, "mpp_source": s.mpp_source,
@@ -346,7 +387,7 @@ def predict_slide(
             "grid": None if spots is not None else grid, "pitch_um": pitch,
             "min_tissue_fraction": None if spots is not None else float(min_tissue), "n_spots": int(len(coords)),
             "device": str(next(module.parameters()).device),
-            "adabn": adabn, "tta": tta, "calibrate": calibrate, "smooth_um": smooth_um,
+            "adabn": adabn, "tta": tta, "calibrate": calibrate, "smooth_um": smooth_um, "gene_pcs": gene_pcs,
             "stain_normalise": (meta.get("stain") or {}).get("normalise", "none"),
         }
     finally:
