@@ -61,6 +61,14 @@ def to_model_units(y: torch.Tensor, meta: dict[str, Any]) -> torch.Tensor:
     return y if ms is None else (y - ms[0]) / ms[1]
 
 
+def predict_views(model: nn.Module, meta: dict[str, Any], batch: Batch, spot: torch.Tensor,
+                  region: torch.Tensor | None, tta: bool) -> torch.Tensor:
+    """Predictions of prepared inputs in label units, averaged over the D4 views when `tta`: the one model call
+    that `Predictor` and the Lightning module share."""
+    pred = tta_mean(lambda s, r: call_model(model, s, r, batch).pred, spot, region, tta)
+    return to_label_units(pred, meta)
+
+
 class Predictor(nn.Module):
     """A plain model + its checkpoint metadata + the shared preprocessing: what prediction needs, no trainer.
 
@@ -80,8 +88,7 @@ class Predictor(nn.Module):
     def predict_batch(self, batch: Batch, tta: bool = False) -> torch.Tensor:
         """Predictions of a uint8 batch (eval mode expected), averaged over the D4 views when `tta`."""
         spot, region = self.preprocess(batch)
-        pred = tta_mean(lambda s, r: call_model(self.model, s, r, batch).pred, spot, region, tta)
-        return to_label_units(pred, self.meta)
+        return predict_views(self.model, self.meta, batch, spot, region, tta)
 
 
 @torch.no_grad()

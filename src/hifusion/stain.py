@@ -166,8 +166,6 @@ _RES_LEVELS = 8
 
 def resolution_levels(n: int, spread: float, like: torch.Tensor) -> torch.Tensor:
     """Per-image level in 0.._RES_LEVELS-1 (global torch generator, like `colour_params`)."""
-    if spread <= 0:
-        return torch.zeros(n, dtype=torch.long, device=like.device)
     return torch.randint(0, _RES_LEVELS, (n,)).to(like.device)
 
 

@@ -15,10 +15,9 @@ from torch import nn
 
 from hifusion.config import TrainConfig
 from hifusion.constants import CKPT_META_KEY
-from hifusion.inference import call_model, model_inputs, to_label_units, to_model_units
+from hifusion.inference import call_model, model_inputs, predict_views, to_label_units, to_model_units
 from hifusion.metrics import pcc_gene
 from hifusion.models.losses import get_loss
-from hifusion.preprocess import tta_mean
 
 __all__ = ["ExpressionModule", "SectionModule"]
 
@@ -46,8 +45,7 @@ class ExpressionModule(L.LightningModule):
     def predict_batch(self, batch: dict[str, torch.Tensor], tta: bool = False) -> torch.Tensor:
         """Predictions of a uint8 batch (eval mode expected), averaged over the D4 views when `tta`."""
         spot, region = self.preprocess(batch)
-        pred = tta_mean(lambda s, r: call_model(self.model, s, r, batch).pred, spot, region, tta)
-        return to_label_units(pred, self.meta)
+        return predict_views(self.model, self.meta, batch, spot, region, tta)
 
     # --------------------------------------------------------------------------------------------------- training
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
