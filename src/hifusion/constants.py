@@ -93,6 +93,10 @@ RUN_CONFIG = "config.yaml"  # resolved config written next to every run's output
 RUN_METRICS = "metrics.csv"
 CKPT_LAST = "last.ckpt"
 CKPT_BEST = "best.ckpt"
+CKPT_BEST_TEST = "best_test_FLATTERING.ckpt"  # `train.select_on_test`: the epoch with the best TEST-section MSE
+# the benchmark variant (label suffix "[...]") of a model scored with its test-selected epoch: never an honest number
+FLATTERING_VARIANT = "test-selected, flattering"
+TEST_MSE_FLATTERING = "test_mse_FLATTERING"  # the per-epoch test MSE column of a run's metrics.csv
 CKPT_DIR = "checkpoints"
 CKPT_META_KEY = "hifusion"  # the checkpoint entry holding what prediction needs besides the weights
 

@@ -143,6 +143,12 @@ def _fit_members(m: ModelConfig, train_cfg: Any, data: Any, mdir: Path, resume: 
             save_recipe(Path(res.checkpoint).parent, variants[""], data)
         if test_time and res.predict is not None and not all(v.plain for v in variants.values()):
             preds = predict_variants(res, data, variants)
+        if res.flattering is not None:  # train.select_on_test: the same run's test-selected epoch, main recipe
+            fl = res.flattering
+            plain = variants[""].plain or not test_time
+            main = {"": variants[""]}
+            preds[C.FLATTERING_VARIANT] = fl.predictions if plain else predict_variants(fl, data, main)[""]
+            res.info["flattering"] = {k: v for k, v in fl.info.items() if k != "checkpoint_used"}
         members.append(preds)
         if n > 1:  # each member's own predictions stay beside its checkpoint
             _save_predictions(mdir / f"seed{tcfg.seed}" / "member.npz", _join_variants(preds))
@@ -177,6 +183,21 @@ def _score(out: Path, data: Any, split: str, section: str, label: str, pred: np.
     pdir.mkdir(parents=True, exist_ok=True)
     with atomic_path(pdir / f"{section}{C.H5AD_SUFFIX}") as tmp:
         prediction_adata(data, section, pred).write_h5ad(tmp)
+
+
+def _score_conventions(data: Any, split: Any, label: str, preds: dict[str, np.ndarray],
+                       metric_rows: list[dict[str, Any]]) -> None:
+    """Published papers' scores of one model on one split's test sections together (`metrics.convention_metrics`),
+    as rows of section `report.POOLED` (the fold, not a section). Gene subsets are chosen on training labels."""
+    from hifusion.evaluate.report import POOLED
+    from hifusion.metrics import convention_metrics
+
+    k = min(50, len(data.panel))
+    heg = np.argsort(-data.train_labels().mean(0), kind="stable")[:k]
+    cm = convention_metrics([preds[s] for s in split.test], [data.labels[s] for s in split.test],
+                            heg_idx=heg, hvg_idx=data.top50 if len(data.top50) else None)
+    metric_rows += [{"model": label, "split": split.name, "section": POOLED, "metric": key, "value": float(v)}
+                    for key, v in cm.items()]
 
 
 @dataclass
@@ -262,6 +283,7 @@ def _run_split(cfg: Config, cache: Path, out: Path, split: Any, models: list[Mod
                        per_split=s in repeated)
                 if not vname:
                     split_preds[s][label] = preds[s]
+            _score_conventions(data, split, label, preds, got.metric_rows)
     for s in split.test[: max(0, MAX_MAP_SECTIONS - len(got.map_inputs))]:  # what a map needs, not the split
         name = f"{s}_{split.name}" if s in repeated else s
         got.map_inputs.append((s, name, data.adatas[s], data.rows[s], data.labels[s], split_preds[s], data.panel,
