@@ -115,3 +115,17 @@ CALIBRATION_JSON = "calibration.json"
 RECIPE_JSON = "recipe.json"
 # In a recipe with gene_pcs > 0: the training labels' co-expression axes {panel, axes (k x G), sd (G)}.
 RECIPE_GENE_AXES = "gene_axes"
+
+# HEST-Benchmark task folders (mahmoodlab/HEST, `bench_data/<task>/`): fold CSVs list samples with paths (relative to
+# the task folder) to a patch file and an expression file; the gene list is a JSON object {"genes": [...]}.
+HEST_SPLITS_DIR = "splits"
+HEST_TRAIN_SPLIT = "train_{i}.csv"
+HEST_TEST_SPLIT = "test_{i}.csv"
+HEST_SPLIT_COLUMNS = ("sample_id", "patches_path", "expr_path")
+HEST_GENES_JSON = "var_50genes.json"
+HEST_PATCH_IMG = "img"  # (N, H, W, 3) uint8 patches
+HEST_PATCH_BARCODES = ("barcode", "barcodes")  # (N, 1) bytes: the expression file's obs names
+HEST_PATCH_COORDS = "coords"
+HEST_PATCH_MPP = 0.5  # HEST-Benchmark patches: 224 px at 0.5 um/px (112 um); `hest-bench --patch-mpp` overrides
+HEST_RESULTS_CSV = "hest_bench.csv"  # per fold and gene: pearson
+HEST_SUMMARY_JSON = "hest_bench.json"

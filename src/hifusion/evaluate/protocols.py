@@ -39,6 +39,8 @@ class BenchmarkResult:
     per_gene: pd.DataFrame
     report: Path | None
     seconds: float
+    # published papers' scores per (model, split), section `report.POOLED`; metrics.csv and the report hold both
+    conventions: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def ensure_cache(data_cfg: DataConfig, *, progress: bool = True) -> Path:
@@ -205,6 +207,7 @@ class _Collected:
     """Everything a benchmark gathers over splits and models before it writes tables, figures and the report."""
 
     metric_rows: list[dict[str, Any]] = field(default_factory=list)
+    convention_rows: list[dict[str, Any]] = field(default_factory=list)
     gene_frames: list[pd.DataFrame] = field(default_factory=list)
     curves: dict[str, pd.DataFrame] = field(default_factory=dict)
     timings: list[dict[str, Any]] = field(default_factory=list)
@@ -283,7 +286,7 @@ def _run_split(cfg: Config, cache: Path, out: Path, split: Any, models: list[Mod
                        per_split=s in repeated)
                 if not vname:
                     split_preds[s][label] = preds[s]
-            _score_conventions(data, split, label, preds, got.metric_rows)
+            _score_conventions(data, split, label, preds, got.convention_rows)
     for s in split.test[: max(0, MAX_MAP_SECTIONS - len(got.map_inputs))]:  # what a map needs, not the split
         name = f"{s}_{split.name}" if s in repeated else s
         got.map_inputs.append((s, name, data.adatas[s], data.rows[s], data.labels[s], split_preds[s], data.panel,
@@ -344,22 +347,24 @@ def run_benchmark(
     repeated = frozenset(s for s, n in tested.items() if n > 1)
     for split in splits:
         _run_split(cfg, cache, out, split, models, resume, writer, region_factors, got, repeated)
-    metrics = pd.DataFrame(got.metric_rows)
+    metrics, conventions = pd.DataFrame(got.metric_rows), pd.DataFrame(got.convention_rows)
     per_gene = pd.concat(got.gene_frames, ignore_index=True) if got.gene_frames else pd.DataFrame()
     if not writer:
         return BenchmarkResult(out=out, metrics=metrics, per_gene=per_gene, report=None,
-                               seconds=time.perf_counter() - t0)
+                               seconds=time.perf_counter() - t0, conventions=conventions)
     from hifusion.evaluate.report import write_report, write_tables
 
-    write_tables(out, metrics, per_gene)
+    table = pd.concat([metrics, conventions], ignore_index=True)  # metrics.csv: sections, then folds
+    write_tables(out, table, per_gene)
     fig_paths = _figures(out, got.map_inputs, got.curves) if figures else {}
     reference = next((m.display for m in models if m.name == "hifusion"), models[0].display)
     seconds = time.perf_counter() - t0
     run_meta = _run_meta(cfg, models, splits, got, title=title, command=command, region_factors=region_factors,
                          seconds=seconds)
     atomic_write_text(out / "run.json", json.dumps(run_meta, indent=2, default=str))
-    report = write_report(out, metrics, per_gene, reference=reference, figures=fig_paths, meta=run_meta)
-    return BenchmarkResult(out=out, metrics=metrics, per_gene=per_gene, report=report, seconds=seconds)
+    report = write_report(out, table, per_gene, reference=reference, figures=fig_paths, meta=run_meta)
+    return BenchmarkResult(out=out, metrics=metrics, per_gene=per_gene, report=report, seconds=seconds,
+                           conventions=conventions)
 
 
 def _figures(out: Path, map_inputs: list[tuple[Any, ...]],
