@@ -200,12 +200,14 @@ CONVENTIONS: dict[str, tuple[str, str, str]] = {
     ),
     TRIPLEX_PCC_HEG: (
         "TRIPLEX",
-        "as PCC(A), over the 50 most highly expressed genes (PCC(M)), chosen on training sections",
+        "as PCC(A), over the 50 most highly expressed genes (PCC(M)): highest mean training label (TRIPLEX ranks "
+        "total counts)",
         "patterns of abundant genes, whose counts are least noisy",
     ),
     TRIPLEX_PCC_HVG: (
         "TRIPLEX",
-        "as PCC(A), over the 50 most variable genes (PCC(H)), chosen on training sections",
+        "as PCC(A), over the 50 most variable genes (PCC(H)): largest variance of the training labels (TRIPLEX uses "
+        "scanpy's highly-variable-gene ranking)",
         "patterns of the genes that vary most, where there is most pattern to find",
     ),
 }
@@ -229,9 +231,10 @@ def convention_metrics(
 ) -> dict[str, float]:
     """Published papers' scores over the test sections of one fold (lists of per-section (spots, genes) arrays).
 
-    Where those papers' code meets a constant vector (scipy's pearsonr gives NaN), this module's rule applies:
-    a gene or spot whose truth is constant is left out (HEST's plain mean would be NaN); TRIPLEX's own nan-mean
-    already leaves such slides out. `heg_idx` / `hvg_idx` are gene indices chosen on TRAINING sections.
+    Where those papers' code meets a constant vector (scipy's pearsonr gives NaN), this module's rules apply:
+    a gene or spot whose truth is constant is left out (HEST's plain mean would be NaN; TRIPLEX's nan-mean leaves
+    it out too), and a constant prediction scores 0 (their code gives NaN, which TRIPLEX's nan-mean would drop).
+    `heg_idx` / `hvg_idx` are gene indices chosen on TRAINING sections.
     """
     pairs = [_as_pair(p, t) for p, t in zip(preds, truths, strict=True)]
     if not pairs:

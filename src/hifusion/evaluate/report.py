@@ -255,8 +255,9 @@ def _conventions(metrics: pd.DataFrame, wide: pd.DataFrame, models: list[str]) -
     return [
         "Our scores (per test section, mean ± std over sections) stay the headline. The other columns compute the "
         "same predictions as other papers do, each over all test sections of a fold together, mean ± std over "
-        "folds, so a published table can be placed against ours. Gene subsets are chosen on training sections; "
-        "a gene or spot whose truth is constant is left out where those papers' code would give NaN.",
+        "folds, so a published table can be placed against ours. Gene subsets are chosen on training sections. "
+        "Where those papers' code gives NaN, our rules apply: a gene or spot whose truth is constant is left out, "
+        "a constant prediction (the mean profile's) scores 0.",
         "",
         *_md_table(header, rows),
         "",
