@@ -18,16 +18,15 @@ GRID = 6  # 6 x 6 spots per section
 N_GENES = 30
 
 
-def write_section(root: Path, section: str, seed: int, *, n_genes: int = N_GENES) -> None:
-    """Write one section (counts, spot table, image) in the HER2ST legacy layout under `root`."""
+def _section_arrays(seed: int, n_genes: int, grid: int) -> tuple[np.ndarray, pd.DataFrame, pd.DataFrame]:
+    """Image, counts (spot ids `<x>x<y>` x genes) and spot table of one synthetic section."""
     rng = np.random.default_rng(seed)
-    patient = section.rstrip("0123456789")
-    side = PITCH_PX * (GRID + 2)
+    side = PITCH_PX * (grid + 2)
     img = np.full((side, side, 3), 235, np.uint8)
     rows, counts, spots = [], [], []
     genes = [f"G{i:02d}" for i in range(n_genes)]
-    for ix in range(1, GRID + 1):
-        for iy in range(1, GRID + 1):
+    for ix in range(1, grid + 1):
+        for iy in range(1, grid + 1):
             px, py = ix * PITCH_PX + rng.normal(0, 0.5), iy * PITCH_PX + rng.normal(0, 0.5)
             signal = rng.random()
             colour = np.array([200 - 150 * signal, 80 + 100 * signal, 160], np.uint8)
@@ -38,15 +37,35 @@ def write_section(root: Path, section: str, seed: int, *, n_genes: int = N_GENES
             name = f"{ix}x{iy}"
             rows.append(name)
             spots.append((ix, iy, ix + 0.01, iy - 0.01, px, py, 1))
+    df = pd.DataFrame(np.array(counts), index=rows, columns=genes)
+    sp = pd.DataFrame(spots, columns=["x", "y", "new_x", "new_y", "pixel_x", "pixel_y", "selected"])
+    return img, df, sp
+
+
+def write_section(root: Path, section: str, seed: int, *, n_genes: int = N_GENES, grid: int = GRID) -> None:
+    """Write one section (counts, spot table, image) in the HER2ST legacy layout under `root`."""
+    patient = section.rstrip("0123456789")
+    img, df, sp = _section_arrays(seed, n_genes, grid)
     cdir, sdir, idir = root / "ST-cnts", root / "ST-spotfiles", root / "ST-imgs" / patient / section
     for d in (cdir, sdir, idir):
         d.mkdir(parents=True, exist_ok=True)
-    df = pd.DataFrame(np.array(counts), index=rows, columns=genes)
     with gzip.open(cdir / f"{section}.tsv.gz", "wt") as fh:
         df.to_csv(fh, sep="\t")
-    sp = pd.DataFrame(spots, columns=["x", "y", "new_x", "new_y", "pixel_x", "pixel_y", "selected"])
     sp.to_csv(sdir / f"{section}_selection.tsv", sep="\t", index=False)
     Image.fromarray(img).save(idir / f"{section}_HE.png")
+
+
+def write_stnet_section(root: Path, patient: str, section: str, seed: int, *, n_genes: int = N_GENES,
+                        grid: int = GRID, subtype: str = "HER2_luminal") -> None:
+    """One section in the ST-Net release layout: <subtype>/<patient>/<patient>_<section>.{jpg,tsv.gz,spots.txt}."""
+    img, df, sp = _section_arrays(seed, n_genes, grid)
+    folder = root / subtype / patient
+    folder.mkdir(parents=True, exist_ok=True)
+    with gzip.open(folder / f"{patient}_{section}.tsv.gz", "wt") as fh:
+        df.to_csv(fh, sep="\t")
+    sp.rename(columns={"pixel_x": "X", "pixel_y": "Y"})[["x", "y", "X", "Y"]].to_csv(
+        folder / f"{patient}_{section}.spots.txt", sep="\t", index=False)
+    Image.fromarray(img).save(folder / f"{patient}_{section}.jpg", quality=95)
 
 
 def write_dataset(root: Path, sections: tuple[str, ...] = ("P1", "P2", "Q1")) -> Path:

@@ -281,6 +281,45 @@ def efficiency(
     typer.echo(f"table: {md}  csv: {csv}")
 
 
+@app.command("hest-bench")
+def hest_bench(
+    root: Annotated[Path, typer.Option(help="HEST-Benchmark data folder holding the task folders (bench_data).")],
+    task: Annotated[str, typer.Option(help="Task folder under root, e.g. IDC.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Results folder.")],
+    model: Annotated[str | None, typer.Option(help="Registered model whose frozen spot features are probed, "
+                                                   "e.g. linear_probe (any encoder) or hifusion.")] = None,
+    option: Annotated[list[str] | None, typer.Option(help="Model option KEY=VALUE (YAML value), repeatable, e.g. "
+                                                          "encoder=resnet50 or encoder_weights=/path.pth.")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="A trained checkpoint instead of --model: its encoder.")]
+    = None,
+    genes: Annotated[str, typer.Option(help="Gene list JSON in the task folder.")] = "var_50genes.json",
+    patch_mpp: Annotated[float, typer.Option(help="um/px of the task's patches (HEST-Benchmark: 0.5).")] = 0.5,
+    batch_size: Annotated[int, typer.Option(help="Patches per forward pass.")] = 128,
+    seed: Annotated[int, typer.Option(help="PCA / ridge random state (HEST's default 1).")] = 1,
+    resume: ResumeOpt = False,
+) -> None:
+    """Score a model on a HEST-Benchmark task with HEST's frozen-encoder protocol (PCA 256 + ridge, Pearson per
+    gene over each fold's test spots): the number HEST's published table reports."""
+    import yaml
+
+    opts: dict[str, object] = {}
+    for item in option or []:
+        if "=" not in item:
+            raise HifusionError(f"--option expects KEY=VALUE, got '{item}'")
+        key, value = item.split("=", 1)
+        opts[key.strip()] = yaml.safe_load(value)
+    if model is None and checkpoint is None:
+        model = "linear_probe"
+    from hifusion.evaluate.hestbench import run_hest_bench
+
+    res = run_hest_bench(root, task, out, model=model, options=opts, checkpoint=checkpoint, gene_list=genes,
+                         patch_mpp=patch_mpp, batch_size=batch_size, seed=seed, resume=resume)
+    s = res.summary
+    folds = ", ".join(f"{f['pearson_mean']:.4f}" for f in s["folds"])
+    typer.echo(f"{task} | {s['model']}: Pearson {s['pearson_mean']:.4f} ± {s['pearson_std']:.4f} "
+               f"over {len(s['folds'])} folds ({folds}); results in {res.out}")
+
+
 def _one_line_warnings() -> None:
     """Our warnings as one 'warning: ...' line on stderr, not Python's two lines with a source path and code."""
     import warnings

@@ -93,6 +93,10 @@ RUN_CONFIG = "config.yaml"  # resolved config written next to every run's output
 RUN_METRICS = "metrics.csv"
 CKPT_LAST = "last.ckpt"
 CKPT_BEST = "best.ckpt"
+CKPT_BEST_TEST = "best_test_FLATTERING.ckpt"  # `train.select_on_test`: the epoch with the best TEST-section MSE
+# the benchmark variant (label suffix "[...]") of a model scored with its test-selected epoch: never an honest number
+FLATTERING_VARIANT = "test-selected, flattering"
+TEST_MSE_FLATTERING = "test_mse_FLATTERING"  # the per-epoch test MSE column of a run's metrics.csv
 CKPT_DIR = "checkpoints"
 CKPT_META_KEY = "hifusion"  # the checkpoint entry holding what prediction needs besides the weights
 
@@ -111,3 +115,17 @@ CALIBRATION_JSON = "calibration.json"
 RECIPE_JSON = "recipe.json"
 # In a recipe with gene_pcs > 0: the training labels' co-expression axes {panel, axes (k x G), sd (G)}.
 RECIPE_GENE_AXES = "gene_axes"
+
+# HEST-Benchmark task folders (mahmoodlab/HEST, `bench_data/<task>/`): fold CSVs list samples with paths (relative to
+# the task folder) to a patch file and an expression file; the gene list is a JSON object {"genes": [...]}.
+HEST_SPLITS_DIR = "splits"
+HEST_TRAIN_SPLIT = "train_{i}.csv"
+HEST_TEST_SPLIT = "test_{i}.csv"
+HEST_SPLIT_COLUMNS = ("sample_id", "patches_path", "expr_path")
+HEST_GENES_JSON = "var_50genes.json"
+HEST_PATCH_IMG = "img"  # (N, H, W, 3) uint8 patches
+HEST_PATCH_BARCODES = ("barcode", "barcodes")  # (N, 1) bytes: the expression file's obs names
+HEST_PATCH_COORDS = "coords"
+HEST_PATCH_MPP = 0.5  # HEST-Benchmark patches: 224 px at 0.5 um/px (112 um); `hest-bench --patch-mpp` overrides
+HEST_RESULTS_CSV = "hest_bench.csv"  # per fold and gene: pearson
+HEST_SUMMARY_JSON = "hest_bench.json"

@@ -53,7 +53,9 @@ def test_test_labels_never_reach_training(tmp_path: Path) -> None:
     assert "mean_profile" in report and "hifusion" in report
     assert (a.out / "figures" / "maps_P2.png").is_file() and (a.out / "figures" / "training_curves.png").is_file()
     metrics = pd.read_csv(a.out / "metrics.csv")
-    assert set(metrics["section"]) == {"P2", "Q1"}
+    assert set(metrics["section"]) == {"P2", "Q1", "(fold)"}  # "(fold)": published conventions over the split
+    assert set(metrics.loc[metrics.section == "(fold)", "convention"]) == {"HiFusion / ASIGN", "HEST-Benchmark",
+                                                                           "TRIPLEX"}
     # the mean profile ignores the image: PCC-gene exactly 0 (constant prediction scores 0)
     mp = metrics[(metrics.model == "mean_profile") & (metrics.metric == "pcc_gene")]
     assert np.allclose(mp["value"], 0.0)

@@ -122,7 +122,9 @@ def test_write_tables_roundtrip(tmp_path: Path) -> None:
     metrics, per_gene = _tables(["C3"])
     m_path, g_path = write_tables(tmp_path, metrics, per_gene)
     assert m_path.name == "metrics.csv" and g_path.name == "per_gene.csv"
-    pd.testing.assert_frame_equal(pd.read_csv(m_path), metrics, check_dtype=False)
+    back_m = pd.read_csv(m_path)
+    pd.testing.assert_frame_equal(back_m[list(metrics.columns)], metrics, check_dtype=False)
+    assert set(back_m["convention"]) == {"ours"} and set(back_m["selection"]) == {"validation or last epoch"}
     back = pd.read_csv(g_path)
     assert list(back.columns) == list(per_gene.columns) and len(back) == len(per_gene)
 

@@ -39,6 +39,8 @@ class BenchmarkResult:
     per_gene: pd.DataFrame
     report: Path | None
     seconds: float
+    # published papers' scores per (model, split), section `report.POOLED`; metrics.csv and the report hold both
+    conventions: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def ensure_cache(data_cfg: DataConfig, *, progress: bool = True) -> Path:
@@ -143,6 +145,12 @@ def _fit_members(m: ModelConfig, train_cfg: Any, data: Any, mdir: Path, resume: 
             save_recipe(Path(res.checkpoint).parent, variants[""], data)
         if test_time and res.predict is not None and not all(v.plain for v in variants.values()):
             preds = predict_variants(res, data, variants)
+        if res.flattering is not None:  # train.select_on_test: the same run's test-selected epoch, main recipe
+            fl = res.flattering
+            plain = variants[""].plain or not test_time
+            main = {"": variants[""]}
+            preds[C.FLATTERING_VARIANT] = fl.predictions if plain else predict_variants(fl, data, main)[""]
+            res.info["flattering"] = {k: v for k, v in fl.info.items() if k != "checkpoint_used"}
         members.append(preds)
         if n > 1:  # each member's own predictions stay beside its checkpoint
             _save_predictions(mdir / f"seed{tcfg.seed}" / "member.npz", _join_variants(preds))
@@ -179,11 +187,27 @@ def _score(out: Path, data: Any, split: str, section: str, label: str, pred: np.
         prediction_adata(data, section, pred).write_h5ad(tmp)
 
 
+def _score_conventions(data: Any, split: Any, label: str, preds: dict[str, np.ndarray],
+                       metric_rows: list[dict[str, Any]]) -> None:
+    """Published papers' scores of one model on one split's test sections together (`metrics.convention_metrics`),
+    as rows of section `report.POOLED` (the fold, not a section). Gene subsets are chosen on training labels."""
+    from hifusion.evaluate.report import POOLED
+    from hifusion.metrics import convention_metrics
+
+    k = min(50, len(data.panel))
+    heg = np.argsort(-data.train_labels().mean(0), kind="stable")[:k]
+    cm = convention_metrics([preds[s] for s in split.test], [data.labels[s] for s in split.test],
+                            heg_idx=heg, hvg_idx=data.top50 if len(data.top50) else None)
+    metric_rows += [{"model": label, "split": split.name, "section": POOLED, "metric": key, "value": float(v)}
+                    for key, v in cm.items()]
+
+
 @dataclass
 class _Collected:
     """Everything a benchmark gathers over splits and models before it writes tables, figures and the report."""
 
     metric_rows: list[dict[str, Any]] = field(default_factory=list)
+    convention_rows: list[dict[str, Any]] = field(default_factory=list)
     gene_frames: list[pd.DataFrame] = field(default_factory=list)
     curves: dict[str, pd.DataFrame] = field(default_factory=dict)
     timings: list[dict[str, Any]] = field(default_factory=list)
@@ -262,6 +286,7 @@ def _run_split(cfg: Config, cache: Path, out: Path, split: Any, models: list[Mod
                        per_split=s in repeated)
                 if not vname:
                     split_preds[s][label] = preds[s]
+            _score_conventions(data, split, label, preds, got.convention_rows)
     for s in split.test[: max(0, MAX_MAP_SECTIONS - len(got.map_inputs))]:  # what a map needs, not the split
         name = f"{s}_{split.name}" if s in repeated else s
         got.map_inputs.append((s, name, data.adatas[s], data.rows[s], data.labels[s], split_preds[s], data.panel,
@@ -322,22 +347,24 @@ def run_benchmark(
     repeated = frozenset(s for s, n in tested.items() if n > 1)
     for split in splits:
         _run_split(cfg, cache, out, split, models, resume, writer, region_factors, got, repeated)
-    metrics = pd.DataFrame(got.metric_rows)
+    metrics, conventions = pd.DataFrame(got.metric_rows), pd.DataFrame(got.convention_rows)
     per_gene = pd.concat(got.gene_frames, ignore_index=True) if got.gene_frames else pd.DataFrame()
     if not writer:
         return BenchmarkResult(out=out, metrics=metrics, per_gene=per_gene, report=None,
-                               seconds=time.perf_counter() - t0)
+                               seconds=time.perf_counter() - t0, conventions=conventions)
     from hifusion.evaluate.report import write_report, write_tables
 
-    write_tables(out, metrics, per_gene)
+    table = pd.concat([metrics, conventions], ignore_index=True)  # metrics.csv: sections, then folds
+    write_tables(out, table, per_gene)
     fig_paths = _figures(out, got.map_inputs, got.curves) if figures else {}
     reference = next((m.display for m in models if m.name == "hifusion"), models[0].display)
     seconds = time.perf_counter() - t0
     run_meta = _run_meta(cfg, models, splits, got, title=title, command=command, region_factors=region_factors,
                          seconds=seconds)
     atomic_write_text(out / "run.json", json.dumps(run_meta, indent=2, default=str))
-    report = write_report(out, metrics, per_gene, reference=reference, figures=fig_paths, meta=run_meta)
-    return BenchmarkResult(out=out, metrics=metrics, per_gene=per_gene, report=report, seconds=seconds)
+    report = write_report(out, table, per_gene, reference=reference, figures=fig_paths, meta=run_meta)
+    return BenchmarkResult(out=out, metrics=metrics, per_gene=per_gene, report=report, seconds=seconds,
+                           conventions=conventions)
 
 
 def _figures(out: Path, map_inputs: list[tuple[Any, ...]],

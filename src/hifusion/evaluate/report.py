@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from hifusion import metrics as M
-from hifusion.constants import MARKER_GENES, PER_GENE_CSV, REPORT_MD, RUN_METRICS
+from hifusion.constants import FLATTERING_VARIANT, MARKER_GENES, PER_GENE_CSV, REPORT_MD, RUN_METRICS
 from hifusion.io import atomic_write_text
 from hifusion.stats import MIN_SECTIONS, compare_models
 
@@ -35,6 +35,19 @@ TABLE1 = (
 )
 MEAN_PROFILE = "mean_profile"
 NA = "n/a"
+POOLED = "(fold)"  # the `section` of a row scored over all test sections of its split together (a convention)
+OURS = "ours"
+HONEST, FLATTERING = "validation or last epoch", "test sections (flattering)"  # metrics.csv `selection` column
+# the conventions table: our headline scores (mean over test sections) first, then other papers' (mean over folds)
+_OURS_COLUMNS = ((M.PCC_GENE, "Ours PCC-gene"), (M.PCC_SPOT, "Ours PCC-spot"), (M.MSE, "Ours MSE"))
+_CONVENTION_LABELS = {
+    M.HIFUSION_PCC_SPOT: "HiFusion/ASIGN PCC-spot",
+    M.HIFUSION_MSE: "HiFusion/ASIGN MSE",
+    M.HEST_PCC_GENE: "HEST PCC",
+    M.TRIPLEX_PCC_ALL: "TRIPLEX PCC(A)",
+    M.TRIPLEX_PCC_HEG: "TRIPLEX PCC(M)",
+    M.TRIPLEX_PCC_HVG: "TRIPLEX PCC(H)",
+}
 _META = (
     ("dataset", "Dataset"),
     ("protocol", "Protocol"),
@@ -212,6 +225,64 @@ def _wilcoxon(per_gene: pd.DataFrame, reference: str) -> list[str]:
     return lines + _md_table(["Model", "Test", "n", "Median Δ", "W", "p-value"], rows)
 
 
+def is_flattering(model: str) -> bool:
+    """Whether a model label is a row whose epoch was chosen on the test sections (`train.select_on_test`)."""
+    return str(model).endswith(f"[{FLATTERING_VARIANT}]")
+
+
+def _mean_std(v: np.ndarray) -> str:
+    return f"{v.mean():.4f} ± {v.std():.4f}" if v.size else NA
+
+
+def _conventions(metrics: pd.DataFrame, wide: pd.DataFrame, models: list[str]) -> list[str]:
+    """Our headline scores beside published papers' conventions, each labelled by its source."""
+    pooled = metrics[metrics["section"] == POOLED]
+    if pooled.empty:
+        return []
+    rows = []
+    for m in models:
+        cells = [m]
+        sub = wide.xs(m, level="model") if m in wide.index.get_level_values("model") else wide.iloc[:0]
+        for key, _ in _OURS_COLUMNS:
+            cells.append(_mean_std(sub[key].dropna().to_numpy(np.float64) if key in sub.columns else np.empty(0)))
+        mine = pooled[pooled["model"] == m]
+        for key in _CONVENTION_LABELS:
+            cells.append(_mean_std(mine.loc[mine["metric"] == key, "value"].to_numpy(np.float64)))
+        rows.append(cells)
+    header = ["Model", *(lab for _, lab in _OURS_COLUMNS), *_CONVENTION_LABELS.values()]
+    notes = [f"- **{_CONVENTION_LABELS[k]}** ({src}): {what}. Rewards {rewards}."
+             for k, (src, what, rewards) in M.CONVENTIONS.items()]
+    return [
+        "Our scores (per test section, mean ± std over sections) stay the headline. The other columns compute the "
+        "same predictions as other papers do, each over all test sections of a fold together, mean ± std over "
+        "folds, so a published table can be placed against ours. Gene subsets are chosen on training sections. "
+        "Where those papers' code gives NaN, our rules apply: a gene or spot whose truth is constant is left out, "
+        "a constant prediction (the mean profile's) scores 0.",
+        "",
+        *_md_table(header, rows),
+        "",
+        f"- **Ours** ({OURS}): PCC-gene per gene across the spots of one test section, averaged over genes, then "
+        "over sections; PCC-spot per spot across genes, averaged over the section's spots, then over sections.",
+        *notes,
+        "- HiFusion/ASIGN PCC-spot uses the same per-spot values as our PCC-spot; it averages them over all spots "
+        "of the fold instead of per section, so the two are equal when a fold tests one section (or sections "
+        "of equal size) and otherwise differ only by weighting sections by their spot counts.",
+    ]
+
+
+def _flattering_banner(models: list[str]) -> list[str]:
+    bad = [m for m in models if is_flattering(m)]
+    if not bad:
+        return []
+    return [
+        f"> **FLATTERING ROWS**: {', '.join(bad)} chose their epoch by MSE on the TEST sections (as the HiFusion "
+        "reference code does, `train.select_on_test`). They are not honest estimates: they show how much selecting "
+        "on the test fold inflates a score. The row of the same model without the suffix, from the same training "
+        "run, chose on validation carved from training sections (or took the last epoch).",
+        "",
+    ]
+
+
 def _floor_note(wide: pd.DataFrame) -> str:
     note = (
         "**Reading the numbers.** The mean profile (the training mean of each gene, predicted for every spot, "
@@ -325,10 +396,11 @@ def write_report(
     out = Path(out_dir)
     meta = dict(meta or {})
     metrics, per_gene = _fill_keys(metrics), _fill_keys(per_gene)
-    wide = _wide(metrics)
+    wide = _wide(metrics[metrics["section"] != POOLED])
     models = _models(metrics, reference)
     meta_lines = _meta_lines(meta)
-    lines = [f"# {meta.get('title', 'hifusion benchmark report')}", "", *meta_lines] + ([""] if meta_lines else [])
+    lines = [f"# {meta.get('title', 'hifusion benchmark report')}", "", *_flattering_banner(models), *meta_lines]
+    lines += [""] if meta_lines else []
     lines += [
         "## Results over test sections",
         "",
@@ -340,6 +412,9 @@ def write_report(
     below = _below_floor(wide, models)
     if below:
         lines += [below, ""]
+    conv = _conventions(metrics, wide, models)
+    if conv:
+        lines += ["## Conventions of published tables", "", *conv, ""]
     lines += ["## Per section", ""] + _per_section(wide, models) + [""]
     lines += [_const_line(wide, per_gene), ""]
     lines += ["## Marker genes", ""] + _markers(per_gene, models) + [""]
@@ -359,12 +434,21 @@ def summary_table(metrics: pd.DataFrame, reference: str = "hifusion") -> str:
     if metrics.empty:
         return "(no results)"
     metrics = _fill_keys(metrics)
-    return "\n".join(_table1(_wide(metrics), _models(metrics, reference)))
+    return "\n".join(_table1(_wide(metrics[metrics["section"] != POOLED]), _models(metrics, reference)))
+
+
+def label_metrics(metrics: pd.DataFrame) -> pd.DataFrame:
+    """metrics.csv's labels: `convention` (whose way of computing the score: ours or a paper's) and `selection`
+    (how the row's epoch was chosen; test-selected rows are flattering)."""
+    out = metrics.copy()
+    out["convention"] = [M.CONVENTIONS[k][0] if k in M.CONVENTIONS else OURS for k in out["metric"]]
+    out["selection"] = [FLATTERING if is_flattering(m) else HONEST for m in out["model"]]
+    return out
 
 
 def write_tables(out_dir: str | os.PathLike[str], metrics: pd.DataFrame, per_gene: pd.DataFrame) -> tuple[Path, Path]:
-    """Write metrics.csv and per_gene.csv atomically (the machine-readable twins of the report)."""
-    metrics = _check(metrics, METRIC_COLUMNS, "metrics")
+    """Write metrics.csv (with `label_metrics`' columns) and per_gene.csv atomically (the report's twins)."""
+    metrics = label_metrics(_check(metrics, METRIC_COLUMNS, "metrics"))
     per_gene = _check(per_gene, PER_GENE_COLUMNS, "per-gene")
     out = Path(out_dir)
     paths = (out / RUN_METRICS, out / PER_GENE_CSV)

@@ -9,15 +9,19 @@ closed-form fitters use too.
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import pandas as pd
+import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from hifusion.checkpoint import HASH_SUFFIX, write_checkpoint
+from hifusion.constants import TEST_MSE_FLATTERING
 from hifusion.io import atomic_write_text
 from hifusion.progress import format_seconds, say, use_bars
 
@@ -83,6 +87,36 @@ class EpochMetricsWriter(L.Callback):
         row["seconds"] = time.perf_counter() - self.t0
         self.rows.append(row)
         atomic_write_text(self.path, pd.DataFrame(self.rows).to_csv(index=False))
+
+
+class TestSelection(L.Callback):
+    """`train.select_on_test: mse` (never the default): after every epoch, score the TEST sections and keep the
+    weights of the epoch with the lowest test MSE, as the HiFusion reference code selects its epoch. This flatters
+    the score; it exists only to measure by how much, beside the honest checkpoint of the same run.
+
+    `score()` returns the test MSE of the current weights; `save(path)` writes them. The best value survives a
+    resume (Lightning stores callback state in last.ckpt). The per-epoch value goes into the run's metrics file
+    as `test_mse_FLATTERING` (this callback runs before `EpochMetricsWriter`).
+    """
+
+    def __init__(self, score: Callable[[], float], save: Callable[[Path], Any], path: Path) -> None:
+        self.score, self.save, self.path = score, save, path
+        self.best, self.best_epoch = math.inf, -1
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if not trainer.is_global_zero:
+            return
+        mse = float(self.score())
+        trainer.callback_metrics[TEST_MSE_FLATTERING] = torch.tensor(mse)
+        if mse < self.best:
+            self.best, self.best_epoch = mse, int(trainer.current_epoch)
+            self.save(self.path)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best, self.best_epoch = float(state_dict["best"]), int(state_dict["best_epoch"])
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

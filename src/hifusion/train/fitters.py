@@ -13,6 +13,7 @@ it, so a new kind registers a fitter here instead of adding branches to `train.f
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from collections.abc import Callable
@@ -26,12 +27,13 @@ import torch
 
 from hifusion import __version__
 from hifusion import constants as C
-from hifusion.checkpoint import save_model_checkpoint
+from hifusion.checkpoint import load_state_into, save_model_checkpoint
 from hifusion.config import ModelConfig, TrainConfig
 from hifusion.data.datasets import SectionDataset, SpotDataset, patch_mean_std
 from hifusion.data.splitdata import SplitData
 from hifusion.errors import ConfigError
 from hifusion.inference import Predictor, predict_loader, predict_rows, predict_section
+from hifusion.train.callbacks import TestSelection
 from hifusion.train.module import ExpressionModule, SectionModule
 from hifusion.train.trainer import ExpressionDataModule, run_lightning, uses_cuda
 
@@ -50,6 +52,8 @@ class FitResult:
     info: dict[str, Any] = field(default_factory=dict)
     global_rank: int = 0  # in DDP, ranks > 0 return no predictions and must write nothing
     predict: RowsPredictor | None = None  # None on ranks > 0
+    # `train.select_on_test`: the same run's weights of the epoch with the best TEST MSE (flattering), or None
+    flattering: FitResult | None = None
 
 
 Fitter = Callable[[torch.nn.Module, ModelConfig, TrainConfig, SplitData, Path, bool], FitResult]
@@ -186,15 +190,48 @@ def _fit_lightning(model: torch.nn.Module, model_cfg: ModelConfig, cfg: TrainCon
         init_bias(head_level)
     module = module_cls(model, cfg, meta)
     steps = len(train_ds) if batch_size is None else math.ceil(len(train_ds) / batch_size)
+    selection = _test_selection(module, data, predictor, run_dir) if cfg.select_on_test != "none" else None
     trainer, chosen, history = run_lightning(module, ExpressionDataModule(train_ds, val_ds, cfg, batch_size), cfg,
-                                             run_dir, has_val=val_ds is not None, steps_per_epoch=steps, resume=resume)
-    preds, predict = {}, None
+                                             run_dir, has_val=val_ds is not None, steps_per_epoch=steps, resume=resume,
+                                             first_callbacks=[selection] if selection else None)
+    preds, predict, flattering = {}, None, None
     if trainer.is_global_zero:
         predict = predictor(module)
         preds = {s: predict(s, data.rows[s]) for s in data.test_sections}
+        if selection is not None:
+            flattering = _flattering_result(module, module_cls, cfg, data, predictor, selection)
     return FitResult(predictions=preds, history=history, checkpoint=chosen,
                      info={"checkpoint_used": chosen.name, "epochs_run": int(trainer.current_epoch)},
-                     global_rank=int(trainer.global_rank), predict=predict)
+                     global_rank=int(trainer.global_rank), predict=predict, flattering=flattering)
+
+
+def _test_selection(module: Any, data: SplitData, predictor: Callable[[Any], RowsPredictor],
+                    run_dir: Path) -> TestSelection:
+    """`train.select_on_test: mse`: MSE over every (spot, gene) of the test sections pooled, as the HiFusion
+    reference code scores its held-out fold each epoch; the best epoch's weights go to `CKPT_BEST_TEST`."""
+    tests = [s for s in data.test_sections if len(data.rows[s])]
+
+    def score() -> float:
+        predict = predictor(module)
+        diff = np.vstack([predict(s, data.rows[s]) - data.labels[s] for s in tests])
+        return float(np.mean(diff.astype(np.float64) ** 2))
+
+    return TestSelection(score, lambda path: save_model_checkpoint(module.model, module.meta, path),
+                         run_dir / C.CKPT_DIR / C.CKPT_BEST_TEST)
+
+
+def _flattering_result(module: Any, module_cls: type[ExpressionModule], cfg: TrainConfig, data: SplitData,
+                       predictor: Callable[[Any], RowsPredictor], selection: TestSelection) -> FitResult | None:
+    """A copy of the model with the test-selected weights, predicting the test sections (the flattering row)."""
+    if not selection.path.exists():
+        return None
+    other = module_cls(copy.deepcopy(module.model), cfg, module.meta)
+    load_state_into(other.model, selection.path)
+    predict = predictor(other)
+    preds = {s: predict(s, data.rows[s]) for s in data.test_sections}
+    return FitResult(predictions=preds, predict=predict,
+                     info={"checkpoint_used": selection.path.name, "best_test_epoch": selection.best_epoch,
+                           "best_test_mse": selection.best})
 
 
 def _spot_dataset(data: SplitData, rows: dict[str, np.ndarray], centre: str, **kw: Any) -> SpotDataset | None:

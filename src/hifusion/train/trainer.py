@@ -141,12 +141,14 @@ def _callbacks(module: Any, cfg: TrainConfig, run_dir: Path, has_val: bool) -> l
 
 
 def run_lightning(module: Any, datamodule: Any, cfg: TrainConfig, run_dir: Path, *, has_val: bool,
-                  steps_per_epoch: int, resume: bool) -> tuple[Any, Path, pd.DataFrame | None]:
+                  steps_per_epoch: int, resume: bool,
+                  first_callbacks: list[Any] | None = None) -> tuple[Any, Path, pd.DataFrame | None]:
     """Train a Lightning module with the package's checkpoint, resume and logging rules.
 
     `last.ckpt` after every epoch (resumable: optimiser, scheduler and loop state; all randomness is a function of
     seed, epoch and batch); `best.ckpt` by validation MSE only when a validation split exists, and then the best
-    weights are loaded back. Returns (trainer, checkpoint used, per-epoch history).
+    weights are loaded back. `first_callbacks` run before the package's own (e.g. `TestSelection`, whose figure
+    the metrics file records). Returns (trainer, checkpoint used, per-epoch history).
     """
     _quiet_lightning()
     ckpt_dir = run_dir / C.CKPT_DIR
@@ -163,7 +165,7 @@ def run_lightning(module: Any, datamodule: Any, cfg: TrainConfig, run_dir: Path,
         strategy=cfg.strategy,
         precision=resolve_precision(cfg),  # type: ignore[arg-type]
         logger=CSVLogger(run_dir, name="logs", version=""),
-        callbacks=_callbacks(module, cfg, run_dir, has_val),
+        callbacks=[*(first_callbacks or []), *_callbacks(module, cfg, run_dir, has_val)],
         plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,
         num_sanity_val_steps=0,
