@@ -332,6 +332,7 @@ def pretrain(
     seed: Annotated[int | None, typer.Option(help="Seed of weights, tile order and views.")] = None,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (fix it for bitwise-reproducible runs).")]
     = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N (default auto).")] = None,
     resume: ResumeOpt = False,
     set_: SetOpt = None,
 ) -> None:
@@ -354,7 +355,7 @@ def pretrain(
         cache = ensure_cache(cfg.data)
         cfg_pretrain = with_normalise(cfg.pretrain or PretrainConfig(), cfg.data.normalise)
     numbers = {"epochs": epochs, "minutes": minutes, "batch_size": batch_size, "lr": lr, "seed": seed,
-               "threads": threads, "view_px": view_px}
+               "threads": threads, "view_px": view_px, "device": device}
     pcfg = _pretrain_settings(cfg_pretrain, encoder, slides, slide_mpp, numbers)
     from hifusion.pretrain.command import pretrain_command
 

@@ -236,6 +236,7 @@ class PretrainConfig(_Strict):
     normalise: Literal["patch", "dataset"] | None = None
     seed: int = 0
     threads: int | None = Field(None, gt=0)
+    device: str = "auto"  # auto: the first CUDA GPU if there is one, else the CPU
     checkpoint_minutes: float = Field(5.0, gt=0)  # resumable state written at least this often, and every epoch
     include_test_images: bool = False  # benchmark: also the test sections' images (never their expression)
     slides: list[PretrainSlide] = Field(default_factory=list)  # extra unlabelled slides for every split

@@ -59,7 +59,7 @@ class _Position:
 
 def signature(tiles: TileSet, encoder: str, cfg: PretrainConfig, view_px: int) -> dict[str, Any]:
     """Everything that decides the weights; a resume with any of it changed is refused."""
-    settings = cfg.model_dump(mode="json", exclude={"encoders", "threads", "checkpoint_minutes", "slides",
+    settings = cfg.model_dump(mode="json", exclude={"encoders", "threads", "device", "checkpoint_minutes", "slides",
                                                     "include_test_images", "max_tiles_per_slide", "min_tissue"})
     return {**settings, "encoder": encoder, "sources": tiles.counts(), "mpp": tiles.mpp, "tile_px": tiles.tile_px,
             "view_px": view_px}
@@ -89,9 +89,12 @@ class _Run:
         from hifusion.models.ssl import create_ssl
 
         self.tiles, self.out, self.encoder_name, self.cfg, self.view_px = tiles, out, encoder, cfg, view_px
+        from hifusion.predict.engine import resolve_device
+
+        self.device = resolve_device(cfg.device)
         torch.manual_seed(cfg.seed)  # the networks' initial weights
         self.model = create_ssl(cfg.method, create_encoder(encoder), hidden_dim=cfg.hidden_dim,
-                                proj_dim=cfg.proj_dim, base_momentum=cfg.base_momentum)
+                                proj_dim=cfg.proj_dim, base_momentum=cfg.base_momentum).to(self.device)
         self.opt = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=cfg.lr,
                                      weight_decay=cfg.weight_decay)
         self.batch = min(cfg.batch_size, len(tiles))
@@ -111,7 +114,7 @@ class _Run:
 
     def load_state(self) -> None:
         path = self.out / C.PRETRAIN_STATE
-        state = read_checkpoint(path)
+        state = read_checkpoint(path)  # on the CPU; load_state_dict copies onto the model's device
         if json.loads(state["signature"]) != json.loads(json.dumps(self.sig, sort_keys=True)):
             raise CheckpointError("cannot resume: this pretraining was started with other tiles or settings; use "
                                   "the original ones or a new --out", path)
@@ -137,7 +140,7 @@ class _Run:
         for g in self.opt.param_groups:
             g["lr"] = self.pos.lr
         torch.manual_seed(self.cfg.seed * 1_000_003 + self.pos.global_step)
-        x = torch.from_numpy(self.tiles.batch(idx)).permute(0, 3, 1, 2)
+        x = torch.from_numpy(self.tiles.batch(idx)).to(self.device).permute(0, 3, 1, 2)
         v1, v2 = two_views(x, self.cfg.augment, self.view_px, self.tiles.mpp, self.stats)
         loss = self.model.loss(v1, v2)
         if not torch.isfinite(loss):
