@@ -26,8 +26,10 @@ ALLOWED: dict[str, set[str]] = {
     "inference": {"core", "data", "models", "inference"},
     "train": {"core", "data", "models", "inference", "train"},
     "predict": {"core", "data", "models", "inference", "predict"},
-    "orchestration": {"core", "data", "models", "inference", "train", "predict", "orchestration"},
-    "cli": {"core", "data", "models", "inference", "train", "predict", "orchestration", "cli"},
+    # self-supervised pretraining: tiles slides with predict's reader and tissue rule; no Lightning, no training code
+    "pretrain": {"core", "data", "models", "inference", "predict", "pretrain"},
+    "orchestration": {"core", "data", "models", "inference", "train", "predict", "pretrain", "orchestration"},
+    "cli": {"core", "data", "models", "inference", "train", "predict", "pretrain", "orchestration", "cli"},
 }
 # third-party packages a layer must not import, even lazily
 FORBIDDEN_EXTERNAL: dict[str, set[str]] = {
@@ -36,6 +38,7 @@ FORBIDDEN_EXTERNAL: dict[str, set[str]] = {
     "models": {"lightning", "pytorch_lightning"},
     "inference": {"lightning", "pytorch_lightning"},
     "predict": {"lightning", "pytorch_lightning"},
+    "pretrain": {"lightning", "pytorch_lightning"},
 }
 # data file readers: models read no data files
 FORBIDDEN_MODULES: dict[str, tuple[str, ...]] = {"models": ("hifusion.data.readers", "hifusion.data.prepare",
@@ -47,7 +50,7 @@ def layer_of(module: str) -> str:
     if len(parts) == 1:
         return "core"  # the package itself
     head = parts[1]
-    if head in ("data", "models", "train", "predict", "inference", "cli"):
+    if head in ("data", "models", "train", "predict", "pretrain", "inference", "cli"):
         return head
     if head == "evaluate":
         return "orchestration"

@@ -319,6 +319,89 @@ def hest_bench(
     typer.echo(f"{task} | {s['model']}: Pearson {s['pearson_mean']:.4f} ± {s['pearson_std']:.4f} "
                f"over {len(s['folds'])} folds ({folds}); results in {res.out}")
 
+def _pretrain_settings(cfg_pretrain: object, encoder: str | None, slides: list[str] | None, slide_mpp: float | None,
+                       numbers: dict[str, object]) -> object:
+    """The config's `pretrain` section (or defaults) with the command's options applied, validated again."""
+    from pydantic import ValidationError
+
+    from hifusion.config import PretrainConfig, _first_error
+    from hifusion.errors import ConfigError
+
+    data = cfg_pretrain.model_dump() if cfg_pretrain is not None else {}  # type: ignore[attr-defined]
+    data.update({k: v for k, v in numbers.items() if v is not None})
+    if encoder is not None:
+        data["encoders"] = _sections(encoder) or []
+    paths = [p.strip() for item in slides or [] for p in item.split(",") if p.strip()]
+    if paths:
+        data["slides"] = [*data.get("slides", []), *({"path": p, "mpp": slide_mpp} for p in paths)]
+    try:
+        return PretrainConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"pretrain options: {_first_error(exc)}") from None
+
+
+@app.command()
+def pretrain(
+    config: Annotated[Path | None, typer.Argument(help="YAML config: tiles come from its patch cache (prepared if "
+                                                        "data.prepare says how) and settings from its `pretrain` "
+                                                        "section. Optional with --slides.")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: encoder.safetensors (one encoder) or "
+                                                          "<encoder>/encoder.safetensors, pretrain_log.csv.")]
+    = Path("runs/pretrain"),
+    encoder: Annotated[str | None, typer.Option(help="Comma-separated encoders (registered or timm names), e.g. "
+                                                     "resnet18,resnet10 (default: pretrain.encoders, resnet18).")]
+    = None,
+    sections: Annotated[str | None, typer.Option(help="Comma-separated cache sections (default: all).")] = None,
+    slides: Annotated[list[str] | None, typer.Option(help="Extra slide images to tile on tissue, comma-separated "
+                                                          "or repeated: a.svs,b.jpg.")] = None,
+    slide_mpp: Annotated[float | None, typer.Option(help="Level-0 um/px of the --slides (when the files record "
+                                                         "none).")] = None,
+    tile_mpp: Annotated[float | None, typer.Option(help="Tile scale in um/px: the cache's (a check) or, without a "
+                                                        "config, required.")] = None,
+    tile_px: Annotated[int | None, typer.Option(help="Tile side without a config (default 2 x view px).")] = None,
+    view_px: Annotated[int | None, typer.Option(help="Side of the augmented views (default: the cache's spot "
+                                                     "patch side).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs over the tiles (default 10, or unlimited with "
+                                                    "--minutes).")] = None,
+    minutes: Annotated[float | None, typer.Option(help="Time budget per encoder (wall clock); stops mid-epoch.")]
+    = None,
+    batch_size: Annotated[int | None, typer.Option(help="Tiles per step (default 32).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (AdamW, default 1e-3).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of weights, tile order and views.")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads (fix it for bitwise-reproducible runs).")]
+    = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N (default auto).")] = None,
+    resume: ResumeOpt = False,
+    set_: SetOpt = None,
+) -> None:
+    """Self-supervised pretraining (BYOL) of image encoders on unlabelled H&E tiles.
+
+    Every model loads the result through its encoder weights option, e.g. `spot_encoder_weights:
+    runs/pretrain/encoder.safetensors` (HiFusion) or `encoder_weights:` (ST-Net, linear probe). Killed runs
+    continue with --resume. In a benchmark, a `pretrain:` config section pretrains per split instead.
+    """
+    cache = None
+    cfg_pretrain = None
+    if config is not None:
+        from hifusion.config import load_config
+
+        cfg = load_config(config, set_)
+        from hifusion.config import PretrainConfig
+        from hifusion.evaluate.protocols import ensure_cache
+        from hifusion.pretrain.folds import with_normalise
+
+        cache = ensure_cache(cfg.data)
+        cfg_pretrain = with_normalise(cfg.pretrain or PretrainConfig(), cfg.data.normalise)
+    numbers = {"epochs": epochs, "minutes": minutes, "batch_size": batch_size, "lr": lr, "seed": seed,
+               "threads": threads, "view_px": view_px, "device": device}
+    pcfg = _pretrain_settings(cfg_pretrain, encoder, slides, slide_mpp, numbers)
+    from hifusion.pretrain.command import pretrain_command
+
+    written = pretrain_command(cache, _sections(sections), pcfg, out, tile_mpp=tile_mpp, tile_px=tile_px,
+                               resume=resume)
+    for enc, path in written.items():
+        typer.echo(f"{enc}: {path}")
+
 
 def _one_line_warnings() -> None:
     """Our warnings as one 'warning: ...' line on stderr, not Python's two lines with a source path and code."""

@@ -195,6 +195,67 @@ class ProtocolConfig(_Strict):
         return self
 
 
+class PretrainAugmentConfig(_Strict):
+    """The views of self-supervised pretraining (see `pretrain.views`); 0 switches an augmentation off."""
+
+    scale_jitter: float = Field(0.25, ge=0, le=1)  # crop side log-uniform in [1/(1+j), 1+j] x the view's field
+    hed: float = Field(0.05, ge=0, lt=1)
+    brightness: float = Field(0.2, ge=0, lt=1)
+    contrast: float = Field(0.2, ge=0, lt=1)
+    saturation: float = Field(0.2, ge=0, lt=1)
+    blur_um: float = Field(1.5, ge=0, le=50)  # largest Gaussian sigma in microns
+    resolution: float = Field(1.0, ge=0, le=7)  # scanner resolution, as data.stain.augment.resolution
+
+
+class PretrainSlide(_Strict):
+    """An extra unlabelled slide to tile (any image path); `mpp` overrides the level-0 um/px the file records."""
+
+    path: Path
+    mpp: float | None = Field(None, gt=0)
+
+
+class PretrainConfig(_Strict):
+    """Self-supervised pretraining of image encoders on unlabelled H&E (`hifusion pretrain`; in a benchmark, once
+    per split on the images that split may see, before its models are fitted).
+
+    A model opts in with the value `pretrained` for a weights option (`spot_encoder_weights`,
+    `region_encoder_weights`, `encoder_weights`): it then starts from the split's encoder pretrained for the
+    architecture its matching encoder option names, which must be one of `encoders`.
+    """
+
+    method: Literal["byol"] = "byol"
+    encoders: list[str] = Field(default_factory=lambda: ["resnet18"], min_length=1)  # registered or timm names
+    epochs: int | None = Field(None, gt=0)  # None: 10, or as many as `minutes` allows when it is set
+    minutes: float | None = Field(None, gt=0)  # time budget of each encoder's pretraining (wall clock)
+    batch_size: int = Field(32, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-6, ge=0)
+    warmup: float = Field(0.05, ge=0, lt=1)  # share of the run with a linear learning-rate warm-up
+    base_momentum: float = Field(0.99, ge=0, lt=1)
+    hidden_dim: int = Field(4096, gt=0)
+    proj_dim: int = Field(256, gt=0)
+    view_px: int | None = Field(None, gt=0)  # None: the cache's spot patch side (a spot field of view)
+    # input standardisation of the views, as the models' `data.normalise` (dataset: the tiles' channel mean/std);
+    # None: the config's data.normalise (patch without a config)
+    normalise: Literal["patch", "dataset"] | None = None
+    seed: int = 0
+    threads: int | None = Field(None, gt=0)
+    device: str = "auto"  # auto: the first CUDA GPU if there is one, else the CPU
+    checkpoint_minutes: float = Field(5.0, gt=0)  # resumable state written at least this often, and every epoch
+    include_test_images: bool = False  # benchmark: also the test sections' images (never their expression)
+    slides: list[PretrainSlide] = Field(default_factory=list)  # extra unlabelled slides for every split
+    max_tiles_per_slide: int = Field(2000, gt=0)
+    min_tissue: float = Field(0.5, gt=0, le=1)
+    augment: PretrainAugmentConfig = Field(default_factory=PretrainAugmentConfig)
+
+    @property
+    def planned_epochs(self) -> int | None:
+        """Epochs to run: the given number, 10 without any limit, None (until the time budget) with minutes only."""
+        if self.epochs is not None:
+            return self.epochs
+        return None if self.minutes is not None else 10
+
+
 class AblationAxis(_Strict):
     """One ablated option and the values tried; every other option stays at the config's HiFusion default.
 
@@ -218,6 +279,7 @@ class Config(_Strict):
     adapt: AdaptConfig = Field(default_factory=AdaptConfig)  # test-time options of every model's main row
     # extra rows from the same fitted models, labelled "<model> [<name>]": e.g. {plain: {}} to show the effect
     adapt_variants: dict[str, AdaptConfig] = Field(default_factory=dict)
+    pretrain: PretrainConfig | None = None  # self-supervised encoder pretraining per split (models opt in)
 
     @field_validator("models")
     @classmethod
@@ -235,6 +297,15 @@ class Config(_Strict):
                         }.items():
             if a.calibrate == "shrink" and self.train.val.mode == "none":
                 raise ValueError(f"{name}.calibrate 'shrink' fits its factor on validation spots: set train.val.mode")
+        return self
+
+    @model_validator(mode="after")
+    def _pretrained_needs_pretrain(self) -> Config:
+        for m in [self.model, *(self.models or [])]:
+            asks = [k for k in C.WEIGHT_OPTIONS if m.options.get(k) == C.PRETRAINED]
+            if asks and self.pretrain is None:
+                raise ValueError(f"model '{m.display}' asks for {asks[0]}: {C.PRETRAINED} but the config has no "
+                                 "pretrain section")
         return self
 
     def benchmark_models(self) -> list[ModelConfig]:

@@ -129,3 +129,15 @@ HEST_PATCH_COORDS = "coords"
 HEST_PATCH_MPP = 0.5  # HEST-Benchmark patches: 224 px at 0.5 um/px (112 um); `hest-bench --patch-mpp` overrides
 HEST_RESULTS_CSV = "hest_bench.csv"  # per fold and gene: pearson
 HEST_SUMMARY_JSON = "hest_bench.json"
+
+# ------------------------------------------------------------------------------------- self-supervised pretraining
+PRETRAIN_WEIGHTS = "encoder.safetensors"  # the trunk's weights (timm key layout), read by `encoder_weights` options
+PRETRAIN_STATE = "pretrain.ckpt"  # resumable state: online/target networks, optimizer, position in the schedule
+PRETRAIN_LOG = "pretrain_log.csv"  # one row per epoch: loss, learning rate, momentum, tiles, seconds
+PRETRAIN_META_KEY = "hifusion_pretrain"  # safetensors metadata entry holding what the pretraining saw (JSON)
+PRETRAIN_DIR = "pretrain"  # benchmark: runs/<split>/pretrain/<encoder>/ holds a fold's pretrained encoder
+# A model opts into its split's pretrained encoder by this value of a weights option; the option names the encoder
+# option it belongs to (HiFusion: spot and region encoders; ST-Net, the linear probe, ...: `encoder`).
+PRETRAINED = "pretrained"
+WEIGHT_OPTIONS = {"spot_encoder_weights": "spot_encoder", "region_encoder_weights": "region_encoder",
+                  "encoder_weights": "encoder"}

@@ -213,6 +213,7 @@ class _Collected:
     timings: list[dict[str, Any]] = field(default_factory=list)
     panels: dict[str, list[str]] = field(default_factory=dict)
     map_inputs: list[tuple[Any, ...]] = field(default_factory=list)
+    pretrained: dict[str, dict[str, Any]] = field(default_factory=dict)  # split -> encoder -> what it saw
 
 
 def _make_splits(cfg: Config, cache: Path) -> list[Any]:
@@ -253,16 +254,39 @@ def _model_predictions(cfg: Config, m: ModelConfig, split: Any, mdata: Any, mdir
     return fitted
 
 
+def _pretrain(cfg: Config, cache: Path, out: Path, split: Any, models: list[ModelConfig], writer: bool,
+              got: _Collected) -> dict[str, Path]:
+    """The split's pretrained encoders for the models that ask for them (rank 0 pretrains, other ranks wait)."""
+    from hifusion.pretrain.folds import check_requests, pretrain_split, with_normalise
+    from hifusion.pretrain.loop import read_pretrain_meta
+
+    encoders = check_requests(cfg.pretrain, models)
+    if not encoders or cfg.pretrain is None:
+        return {}
+    split_dir = out / "runs" / split.name
+    if writer:
+        weights = pretrain_split(with_normalise(cfg.pretrain, cfg.data.normalise), cache, split_dir, split, encoders)
+    else:
+        weights = {e: split_dir / C.PRETRAIN_DIR / e / C.PRETRAIN_WEIGHTS for e in encoders}
+        wait_until(lambda: all(p.is_file() for p in weights.values()), "the pretrained encoders", split_dir)
+    keep = ("sources", "tiles", "epochs", "steps", "seconds", "final_loss")
+    got.pretrained[split.name] = {e: {"path": str(p), **{k: v for k, v in read_pretrain_meta(p).items() if k in keep}}
+                                  for e, p in weights.items()}
+    return weights
+
+
 def _run_split(cfg: Config, cache: Path, out: Path, split: Any, models: list[ModelConfig], resume: bool,
                writer: bool, region_factors: dict[str, float] | None, got: _Collected,
                repeated: frozenset[str] = frozenset()) -> None:
     """Fit (or read back) and score every model on one split; `repeated`: sections other splits test too."""
     from hifusion.data.splitdata import load_split
+    from hifusion.pretrain.folds import with_pretrained
 
     data = load_split(cache, split, cfg.data, cfg.train.val, seed=cfg.train.seed)
     got.panels[split.name] = data.panel
     split_preds: dict[str, dict[str, np.ndarray]] = {s: {} for s in split.test}
     by_factor: dict[float, Any] = {}
+    weights = _pretrain(cfg, cache, out, split, models, writer, got)
     for m in models:
         factor = (region_factors or {}).get(m.display)
         mdata = data
@@ -272,7 +296,8 @@ def _run_split(cfg: Config, cache: Path, out: Path, split: Any, models: list[Mod
                                                region_factor=factor)
             mdata = by_factor[factor]
         mdir = out / "runs" / split.name / m.display
-        fitted = _model_predictions(cfg, m, split, mdata, mdir, resume, writer)
+        fitted = _model_predictions(cfg, with_pretrained(m, weights) if weights else m, split, mdata, mdir, resume,
+                                    writer)
         if fitted is None:
             continue
         variant_preds, info = fitted
@@ -308,6 +333,7 @@ def _run_meta(cfg: Config, models: list[ModelConfig], splits: list[Any], got: _C
         "models": [m.model_dump(mode="json") for m in models],
         "timings": got.timings,
         **({"region_factors": region_factors} if region_factors else {}),
+        **({"pretrained": got.pretrained} if got.pretrained else {}),
         "seconds": seconds,
         "package_version": __version__,
         "git_commit": git_commit(),
@@ -340,6 +366,9 @@ def run_benchmark(
         check_results_folder(out, resume)
         make_dir(out)
         atomic_write_text(out / C.RUN_CONFIG, cfg.to_yaml())
+    from hifusion.pretrain.folds import check_requests
+
+    check_requests(cfg.pretrain, models)  # a model asking for an encoder nobody pretrains fails before any work
     cache = ensure_cache(cfg.data)
     splits = _make_splits(cfg, cache)
     got = _Collected()
