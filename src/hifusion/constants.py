@@ -95,6 +95,10 @@ CKPT_LAST = "last.ckpt"
 CKPT_BEST = "best.ckpt"
 CKPT_DIR = "checkpoints"
 CKPT_META_KEY = "hifusion"  # the checkpoint entry holding what prediction needs besides the weights
+# meta entry (absent unless an encoder is a preset): image input name ('spot', 'region') -> how the cached patch
+# becomes that encoder's input (centre crop, resize, the preset's mean/std); see `models.presets.input_view`
+META_INPUTS = "inputs"
+IMAGE_INPUTS = ("spot", "region")  # the image inputs of a batch, in the order models take them
 
 # ---------------------------------------------------------------------------------------------- marker genes
 MARKER_GENES = ("ERBB2", "KRT19", "CD74", "TMSB10", "FASN", "GNAS")
