@@ -402,6 +402,27 @@ def pretrain(
     for enc, path in written.items():
         typer.echo(f"{enc}: {path}")
 
+@app.command()
+def encoders() -> None:
+    """The encoder presets: published pathology encoders usable by name wherever a model takes an encoder."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from hifusion.models.presets import HUB, list_presets
+
+    table = Table(title="Encoder presets (weights: a local file, or `hub` to download into the Hugging Face cache)")
+    for col in ("name", "architecture", "params", "dim", "px", "um/px", "embedding", "weight file", "hub id",
+                "gated", "needs"):
+        table.add_column(col, overflow="fold")
+    for p in list_presets():
+        params = f"{p.params_m / 1000:.2f}B" if p.params_m >= 1000 else f"{p.params_m:.0f}M"
+        table.add_row(p.name, p.arch, params, str(p.feature_dim), str(p.input_px),
+                      "unknown" if p.mpp is None else f"{p.mpp:g}", p.embedding, p.weight_file, p.hub_id or "-",
+                      "yes" if p.gated else "no", p.package.split(" ")[0] if p.package else "-")
+    Console(width=200).print(table)
+    typer.echo(f"e.g. model options `encoder: uni`, `encoder_weights: /path/to/pytorch_model.bin` (or `{HUB}`); "
+               "each preset's notes: hifusion.models.presets")
+
 
 def _one_line_warnings() -> None:
     """Our warnings as one 'warning: ...' line on stderr, not Python's two lines with a source path and code."""

@@ -99,6 +99,10 @@ FLATTERING_VARIANT = "test-selected, flattering"
 TEST_MSE_FLATTERING = "test_mse_FLATTERING"  # the per-epoch test MSE column of a run's metrics.csv
 CKPT_DIR = "checkpoints"
 CKPT_META_KEY = "hifusion"  # the checkpoint entry holding what prediction needs besides the weights
+# meta entry (absent unless an encoder is a preset): image input name ('spot', 'region') -> how the cached patch
+# becomes that encoder's input (centre crop, resize, the preset's mean/std); see `models.presets.input_view`
+META_INPUTS = "inputs"
+IMAGE_INPUTS = ("spot", "region")  # the image inputs of a batch, in the order models take them
 
 # ---------------------------------------------------------------------------------------------- marker genes
 MARKER_GENES = ("ERBB2", "KRT19", "CD74", "TMSB10", "FASN", "GNAS")

@@ -17,20 +17,28 @@ import torch
 from torch import nn
 
 from hifusion.data.datasets import SectionDataset, SpotDataset
-from hifusion.preprocess import adabn, memory_format, preprocess_images, tta_mean
+from hifusion.preprocess import adabn, input_sources, memory_format, preprocess_images, tta_mean
 
 Batch = dict[str, torch.Tensor]
 
 
+def used_inputs(model: nn.Module) -> tuple[str, ...]:
+    """The image inputs a model reads: the spot always, the region unless `uses_region` is False."""
+    return ("spot", "region") if getattr(model, "uses_region", True) else ("spot",)
+
+
 def model_inputs(model: nn.Module, meta: dict[str, Any], batch: Batch, *, augment: bool,
                  channels_last: bool | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """uint8 batch -> model inputs: stain normalisation, colour augmentation (when `augment`), standardisation.
+    """uint8 batch -> model inputs: preset encoder views, stain normalisation, colour augmentation (when `augment`),
+    standardisation.
 
-    The region patch is only prepared for models that use it (`uses_region`, default True)."""
+    The region patch is only prepared for models that use it (`uses_region`, default True), and read for others
+    only where a preset encoder's field of view is larger than the spot patch (`meta['inputs']`)."""
     fmt = memory_format(channels_last, batch["spot"].device)
-    region = batch.get("region") if getattr(model, "uses_region", True) else None
+    used = used_inputs(model)
+    region = batch.get("region") if "region" in input_sources(meta, used) else None
     spot, region = preprocess_images([batch["spot"], region], meta, source=batch.get("stain_src"), augment=augment,
-                                     fmt=fmt)
+                                     fmt=fmt, keep=used)
     return spot, region
 
 
@@ -139,8 +147,9 @@ def predict_section(module: Any, patches: Any, rows: np.ndarray, coords: np.ndar
                     region_px: int, *, stain_src: np.ndarray | None = None, adabn: bool = False,
                     tta: bool = False) -> np.ndarray:
     """Predict the given rows of one section in one pass (whole-section models): (len(rows), G) float32."""
+    used = used_inputs(module.model)
     ds = SectionDataset([patches], [rows], [coords], None, spot_px=spot_px, region_px=region_px,
-                        with_region=bool(getattr(module.model, "uses_region", True)),
+                        with_region="region" in input_sources(module.meta, used),
                         stain_stats=None if stain_src is None else [stain_src])
     batch = [ds[0]]
     return predict_loader(module, batch, adabn_batches=batch if adabn else None, tta=tta)

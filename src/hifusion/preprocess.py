@@ -13,9 +13,11 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from hifusion import stain
+from hifusion.constants import IMAGE_INPUTS, META_INPUTS
 
 D4_SIZE = 8  # the flips and rotations of the square
 
@@ -47,6 +49,48 @@ def memory_format(channels_last: bool | None, device: torch.device) -> torch.mem
     return torch.channels_last if use else torch.contiguous_format
 
 
+def encoder_view(x: torch.Tensor, view: Mapping[str, Any]) -> torch.Tensor:
+    """Float (B,3,S,S) patches -> a preset encoder's input: the centre `crop_px` square, resized (antialiased) to
+    `px` on the device (`models.presets.input_view` decides both from the cache's and the preset's scales)."""
+    crop, px = int(view["crop_px"]), int(view["px"])
+    h, w = x.shape[-2:]
+    if crop > min(h, w):
+        raise ValueError(f"encoder '{view.get('encoder')}' needs a {crop} px crop of {h}x{w} px patches")
+    top, left = (h - crop) // 2, (w - crop) // 2
+    x = x[..., top : top + crop, left : left + crop]
+    if crop == px:
+        return x
+    return F.interpolate(x, size=(px, px), mode="bilinear", align_corners=False, antialias=True)
+
+
+def encoder_views(xs: Sequence[torch.Tensor | None], meta: Mapping[str, Any],
+                  names: Sequence[str] = IMAGE_INPUTS) -> list[torch.Tensor | None]:
+    """Each named input replaced by its preset view (`meta['inputs']`, taken from the patch it names as source);
+    inputs without a view, and every input of a checkpoint without `inputs`, are left as they are."""
+    views = meta.get(META_INPUTS) or {}
+    if not views:
+        return list(xs)
+    by_name = dict(zip(names, xs, strict=True))
+    out = []
+    for name, x in zip(names, xs, strict=True):
+        view = views.get(name)
+        if view is None or x is None:
+            out.append(x)
+            continue
+        src = by_name.get(view["source"])
+        if src is None:
+            raise ValueError(f"encoder '{view['encoder']}' crops its {name} input from the {view['source']} patch, "
+                             "which the batch lacks")
+        out.append(encoder_view(src, view))
+    return out
+
+
+def input_sources(meta: Mapping[str, Any], used: Sequence[str]) -> set[str]:
+    """The batch images a model's inputs `used` are made from (a preset view may crop the spot from the region)."""
+    views = meta.get(META_INPUTS) or {}
+    return set(used) | {views[n]["source"] for n in used if n in views}
+
+
 def preprocess_images(
     images: Sequence[torch.Tensor | None],
     meta: Mapping[str, Any],
@@ -54,16 +98,23 @@ def preprocess_images(
     source: torch.Tensor | None = None,
     augment: bool = False,
     fmt: torch.memory_format = torch.contiguous_format,
+    names: Sequence[str] = IMAGE_INPUTS,
+    keep: Sequence[str] | None = None,
 ) -> list[torch.Tensor | None]:
     """uint8 image batches of the same spots (spot, region, ...) -> model inputs, with the checkpoint's stain rules.
 
-    Order: Reinhard normalisation of each spot's section onto the training reference (`source`: (B, 2, 3) LAB
+    Order: each input's preset view (centre crop and resize, `encoder_views`; only inputs in `keep` are returned),
+    Reinhard normalisation of each spot's section onto the training reference (`source`: (B, 2, 3) LAB
     statistics of the spot's section), then, when training, one resolution and colour augmentation per spot shared by
-    all its images, then standardisation. Without stain options this is exactly `normalise_images`.
+    all its images, then standardisation (a preset's own mean/std for its inputs). Without stain options and presets
+    this is exactly `normalise_images`.
     """
-    norm = meta["normalisation"]
     st = meta.get("stain") or {}
     xs = [None if x is None else x.float().div_(255.0) for x in images]
+    names = [*names[: len(xs)], *(f"image{i}" for i in range(len(names), len(xs)))]  # one name per image
+    xs = encoder_views(xs, meta, names)
+    if keep is not None:
+        xs = [x if n in keep else None for x, n in zip(xs, names, strict=True)]
     if st.get("normalise", "none") == "reinhard":
         if source is None:
             raise ValueError("stain normalisation 'reinhard' needs the section's stain statistics in the batch")
@@ -78,8 +129,32 @@ def preprocess_images(
             xs = [None if x is None else stain.apply_resolution(x, levels, spread) for x in xs]
         params = stain.colour_params(first.shape[0], st["augment"], first)
         xs = [None if x is None else stain.apply_colour(x, params) for x in xs]
-    return [None if x is None else standardise(x, norm["mode"], norm.get("mean"), norm.get("std"))
-            .contiguous(memory_format=fmt) for x in xs]
+    return [None if x is None else _standardise_input(x, meta, n).contiguous(memory_format=fmt)
+            for x, n in zip(xs, names, strict=True)]
+
+
+def _standardise_input(x: torch.Tensor, meta: Mapping[str, Any], name: str) -> torch.Tensor:
+    """A preset encoder's input with the preset's mean/std; any other input with the run's normalisation."""
+    view = (meta.get(META_INPUTS) or {}).get(name)
+    if view is not None:
+        return standardise(x, "dataset", view["mean"], view["std"])
+    norm = meta["normalisation"]
+    return standardise(x, norm["mode"], norm.get("mean"), norm.get("std"))
+
+
+def rescale_warnings(meta: Mapping[str, Any]) -> list[str]:
+    """One line per preset encoder whose inputs are resized from the cache's scale (its um/px named beside the
+    cache's): what a run warns once."""
+    views = meta.get(META_INPUTS) or {}
+    pixel_size = float(meta["patch"]["pixel_size"])
+    out: dict[str, str] = {}
+    for view in views.values():
+        if view.get("mpp") is None or view["encoder"] in out or int(view["crop_px"]) == int(view["px"]):
+            continue
+        out[view["encoder"]] = (f"encoder '{view['encoder']}' expects {float(view['mpp']):g} um/px, the cache holds "
+                                f"{pixel_size:.3g} um/px: patches are resized {pixel_size / float(view['mpp']):.3g}x "
+                                "on the device")
+    return list(out.values())
 
 
 # ----------------------------------------------------------------------------------------------------- test time

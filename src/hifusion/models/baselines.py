@@ -37,7 +37,7 @@ class STNet(nn.Module):
             raise ConfigError(f"n_genes must be positive, got {n_genes}")
         self.n_genes = int(n_genes)
         self.encoder = create_encoder(encoder, weights=encoder_weights, frozen=freeze_encoder, **(encoder_kwargs or {}))
-        self.head = nn.Linear(self.encoder.out_channels, self.n_genes)
+        self.head = nn.Linear(self.encoder.embed_dim, self.n_genes)
 
     def init_output_bias(self, mean: Tensor) -> None:
         """Head bias = training mean of each gene, so training starts from the mean profile."""
@@ -45,7 +45,7 @@ class STNet(nn.Module):
 
     def forward(self, spot: Tensor, region: Tensor | None = None) -> ModelOutput:
         """Predict from the spot patch; the region patch is accepted for a uniform interface and ignored."""
-        return ModelOutput(pred=self.head(self.encoder(spot).mean(dim=(2, 3))))
+        return ModelOutput(pred=self.head(self.encoder.embed(spot)))  # mean-pooled map unless a preset says
 
 
 @register_model("mean_profile")

@@ -76,7 +76,7 @@ class BLEEP(nn.Module):
             raise ConfigError(f"n_genes, k and temperature must be positive, got {n_genes}, {k}, {temperature}")
         self.n_genes, self.k, self.temperature = int(n_genes), int(k), float(temperature)
         self.encoder = create_encoder(encoder, weights=encoder_weights, **(encoder_kwargs or {}))
-        self.image_head = ProjectionHead(self.encoder.out_channels, proj_dim, dropout)
+        self.image_head = ProjectionHead(self.encoder.embed_dim, proj_dim, dropout)
         self.expr_head = ProjectionHead(self.n_genes, proj_dim, dropout)
         self.register_buffer("reference", torch.zeros(0, self.n_genes))
 
@@ -95,7 +95,7 @@ class BLEEP(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def embed_image(self, spot: Tensor) -> Tensor:
-        return self.image_head(self.encoder(spot).mean(dim=(2, 3)))
+        return self.image_head(self.encoder.embed(spot))
 
     def embed_expression(self, y: Tensor) -> Tensor:
         return self.expr_head(y)

@@ -138,7 +138,8 @@ class HiFusion(nn.Module):
 
         # HISM: one spot encoder shared by all levels, one gene head shared by all levels.
         self.spot_encoder = create_encoder(
-            spot_encoder, weights=spot_encoder_weights, frozen=freeze_spot_encoder, **(encoder_kwargs or {})
+            spot_encoder, weights=spot_encoder_weights, frozen=freeze_spot_encoder,
+            weights_option="spot_encoder_weights", **(encoder_kwargs or {}),
         )
         self.spot_proj = _projection(self.spot_encoder, self.embed_dim)
         self.level_head = nn.Linear(self.embed_dim, self.n_genes)
@@ -151,7 +152,8 @@ class HiFusion(nn.Module):
         self.norm: nn.LayerNorm | None = None
         if self.use_ccf:
             self.region_encoder = create_encoder(
-                region_encoder, weights=region_encoder_weights, **(region_encoder_kwargs or {})
+                region_encoder, weights=region_encoder_weights, weights_option="region_encoder_weights",
+                **(region_encoder_kwargs or {}),
             )
             self.region_proj = _projection(self.region_encoder, self.embed_dim)
             self.attn = nn.MultiheadAttention(self.embed_dim, int(heads), dropout=float(dropout), batch_first=True)

@@ -9,9 +9,10 @@ spots only; ``'hest'`` is HEST-Benchmark's fixed rule as we read it, 100 / (n_co
 thousands of spots: on one 187-spot section it barely regularises (PCA keeps all 187 components) and the probe
 interpolates its training spots (test MSE 2-6x the mean profile's on HER2ST C3/C4); a number fixes alpha.
 Unlike HEST (no intercept) we fit an intercept: our labels are not centred.
-The encoder is any registered or timm name; meaningful features need pretrained weights (``encoder_weights``, a
-local file); with random weights this is a random-features probe. Memory: the encoder's inference activations for
-one batch plus an (N_train, C) float64 feature matrix.
+The encoder is any registered or timm name or an encoder preset (``uni``, ``virchow2``, ...: features formed as
+the published model forms its embedding); meaningful features need pretrained weights (``encoder_weights``, a
+local file, or ``hub`` for a preset); with random weights this is a random-features probe. Memory: the encoder's
+inference activations for one batch plus an (N_train, C) float64 feature matrix.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class LinearProbe(nn.Module):
             raise ConfigError(f"alpha must be positive, got {alpha}")
         self.n_genes, self.n_components, self.alpha = int(n_genes), int(n_components), alpha
         self.encoder = create_encoder(encoder, weights=encoder_weights, frozen=True, **(encoder_kwargs or {}))
-        c = self.encoder.out_channels
+        c = self.encoder.embed_dim
         self.register_buffer("weight", torch.zeros(self.n_genes, c))
         self.register_buffer("bias", torch.zeros(self.n_genes))
         self.register_buffer("fitted", torch.tensor(False))
@@ -72,7 +73,9 @@ class LinearProbe(nn.Module):
         other statistics (AdaBN's) are off that map, so the probe opts out of AdaBN (`adapts_batchnorm`).
         """
         self.encoder.eval()
-        return self.encoder(spot).float().mean(dim=(2, 3))
+        if self.encoder.embedding == "mean":  # pooled in float32, as before presets existed
+            return self.encoder(spot).float().mean(dim=(2, 3))
+        return self.encoder.embed(spot).float()
 
     def fit_features(self, x: np.ndarray, y: np.ndarray) -> LinearProbe:
         """Fit scaler -> PCA -> ridge on training features (N, C) and labels (N, G); store the folded map."""

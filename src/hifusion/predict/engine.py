@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from hifusion.inference import Predictor, calibration_key, predict_loader
 from hifusion.predict import outputs
 from hifusion.predict.slide import PatchStream, Slide, open_slide
 from hifusion.predict.tissue import DEFAULT_MIN_FRACTION, default_pitch_um, detect_tissue, spot_grid, tissue_fraction
-from hifusion.preprocess import centre_on, project_genes, smooth_spatial
+from hifusion.preprocess import centre_on, project_genes, rescale_warnings, smooth_spatial
 from hifusion.stain import lab_stats
 
 GRID_KINDS = ("hex", "square")
@@ -68,6 +69,8 @@ def load_predictor(checkpoint: str | Path, device: str = "auto") -> tuple[Any, d
     if getattr(model, "input_kind", "spot_region") != "spot_region":
         raise CheckpointError(f"model '{meta['model'].get('name')}' does not predict from image patches", path)
     check_meta(meta, path)
+    for line in rescale_warnings(meta):  # a preset encoder fed from patches at another scale, as in training
+        warnings.warn(line, stacklevel=2)
     module = Predictor(model, meta)
     module.checkpoint_path = path  # where calibration files beside it are looked up
     module.to(resolve_device(device)).eval()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,9 @@ from hifusion.config import ModelConfig, TrainConfig
 from hifusion.data.datasets import SectionDataset, SpotDataset, patch_mean_std
 from hifusion.data.splitdata import SplitData
 from hifusion.errors import ConfigError
-from hifusion.inference import Predictor, predict_loader, predict_rows, predict_section
+from hifusion.inference import Predictor, predict_loader, predict_rows, predict_section, used_inputs
+from hifusion.models.encoders import preset_inputs
+from hifusion.preprocess import input_sources, rescale_warnings
 from hifusion.train.callbacks import TestSelection
 from hifusion.train.module import ExpressionModule, SectionModule
 from hifusion.train.trainer import ExpressionDataModule, run_lightning, uses_cuda
@@ -89,9 +92,19 @@ def stain_for(data: SplitData) -> dict[str, Any]:
     return stain_meta(st.augment.model_dump(), st.normalise, ref)
 
 
-def make_meta(model_cfg: ModelConfig, data: SplitData, norm: dict[str, Any]) -> dict[str, Any]:
-    """Everything prediction needs besides the weights; primitives only so `weights_only=True` loads it."""
-    return {
+def input_views(model: torch.nn.Module, data: SplitData) -> dict[str, dict[str, Any]]:
+    """How each image input fed by an encoder preset is cut from the cache (`models.encoders.preset_inputs`)."""
+    return preset_inputs(model, pixel_size=float(data.pixel_size), spot_px=int(data.spot_px),
+                         region_px=int(data.region_px))
+
+
+def make_meta(model_cfg: ModelConfig, data: SplitData, norm: dict[str, Any],
+              model: torch.nn.Module | None = None) -> dict[str, Any]:
+    """Everything prediction needs besides the weights; primitives only so `weights_only=True` loads it.
+
+    A model with encoder presets also gets `inputs` (each preset input's crop, size and mean/std), and the run
+    warns once per preset whose scale differs from the cache's; without presets the metadata is as it always was."""
+    meta = {
         "stain": stain_for(data),
         "train_mean": [float(x) for x in data.train_labels().mean(0)],  # the level `calibrate: centre` restores
         "version": __version__,
@@ -103,6 +116,12 @@ def make_meta(model_cfg: ModelConfig, data: SplitData, norm: dict[str, Any]) -> 
         "normalisation": norm,
         "train_sections": list(data.train_sections),
     }
+    views = {} if model is None else input_views(model, data)
+    if views:
+        meta[C.META_INPUTS] = views
+        for line in rescale_warnings(meta):
+            warnings.warn(line, stacklevel=2)
+    return meta
 
 
 def label_scale(labels: np.ndarray) -> dict[str, list[float]]:
@@ -178,7 +197,7 @@ def _fit_lightning(model: torch.nn.Module, model_cfg: ModelConfig, cfg: TrainCon
                    module_cls: type[ExpressionModule], predictor: Callable[[Any], RowsPredictor]) -> FitResult:
     """The Lightning path every trained kind shares: metadata, gene-head start, `run_lightning`, test predictions."""
     train_ds, val_ds = datasets
-    meta = make_meta(model_cfg, data, normalisation_for(model_cfg, data))
+    meta = make_meta(model_cfg, data, normalisation_for(model_cfg, data), model)
     if cfg.scale_labels == "gene":
         if getattr(model, "zinb_weight", 0):
             raise ConfigError(f"model '{model_cfg.name}' fits a count likelihood (zinb_weight) to its labels: "
@@ -274,7 +293,7 @@ def _section_dataset(data: SplitData, rows: dict[str, np.ndarray], with_labels: 
 @register_fitter("section")
 def _fit_section_model(model: torch.nn.Module, model_cfg: ModelConfig, cfg: TrainConfig, data: SplitData,
                        run_dir: Path, resume: bool) -> FitResult:
-    with_region = bool(getattr(model, "uses_region", True))
+    with_region = "region" in input_sources({C.META_INPUTS: input_views(model, data)}, used_inputs(model))
     train_ds = _section_dataset(data, data.train_rows, True, with_region, augment=cfg.augment, seed=cfg.seed,
                                 centre=cfg.centre_labels)
     if train_ds is None:
@@ -301,7 +320,7 @@ def _fit_retrieval_model(model: torch.nn.Module, model_cfg: ModelConfig, cfg: Tr
 def _fit_features_model(model: torch.nn.Module, model_cfg: ModelConfig, cfg: TrainConfig, data: SplitData,
                         run_dir: Path, resume: bool) -> FitResult:
     """Frozen features of the training spot patches (no augmentation) -> `model.fit_features` -> checkpoint."""
-    meta = make_meta(model_cfg, data, normalisation_for(model_cfg, data))
+    meta = make_meta(model_cfg, data, normalisation_for(model_cfg, data), model)
     predictor = Predictor(model, meta, channels_last=cfg.channels_last)
     if uses_cuda(cfg):
         predictor = predictor.cuda()
