@@ -16,6 +16,7 @@ one batch plus an (N_train, C) float64 feature matrix.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from hifusion.checkpoint import file_sha256, tensors_sha256
 from hifusion.errors import ConfigError, InputError
 from hifusion.models.encoders import create_encoder
 from hifusion.models.layers import ModelOutput
@@ -39,6 +41,7 @@ class LinearProbe(nn.Module):
 
     loss_name = "mse"
     input_kind = "features"
+    uses_region = False  # the spot patch only: the region patch is neither read into the model nor preprocessed
 
     def __init__(
         self,
@@ -58,6 +61,8 @@ class LinearProbe(nn.Module):
             raise ConfigError(f"alpha must be positive, got {alpha}")
         self.n_genes, self.n_components, self.alpha = int(n_genes), int(n_components), alpha
         self.encoder = create_encoder(encoder, weights=encoder_weights, frozen=True, **(encoder_kwargs or {}))
+        self.encoder_name, self.encoder_kwargs = str(encoder), dict(encoder_kwargs or {})
+        self.encoder_weights = None if encoder_weights is None else Path(encoder_weights)
         c = self.encoder.out_channels
         self.register_buffer("weight", torch.zeros(self.n_genes, c))
         self.register_buffer("bias", torch.zeros(self.n_genes))
@@ -73,6 +78,25 @@ class LinearProbe(nn.Module):
         """
         self.encoder.eval()
         return self.encoder(spot).float().mean(dim=(2, 3))
+
+    def embedding_identity(self) -> dict[str, Any]:
+        """What `features` depends on besides its input, for the embedding cache's key (JSON values only): the
+        encoder's name and options, and its weights: the SHA-256 of the weights file, or, with random weights, of
+        the encoder's tensors themselves (a seed alone does not fix them across torch versions or model layouts)."""
+        if self.encoder_weights is not None and self.encoder_weights.is_file():
+            weights = f"sha256:{file_sha256(self.encoder_weights)}"
+        else:  # no file, or no longer there: the weights in memory are what counts
+            weights = f"random-init:{tensors_sha256(self.encoder.state_dict())}"
+        return {"model": type(self).__name__, "encoder": self.encoder_name,
+                "encoder_kwargs": json.loads(json.dumps(self.encoder_kwargs, sort_keys=True, default=str)),
+                "weights": weights, "pool": "mean"}
+
+    def head(self, f: Tensor) -> ModelOutput:
+        """The fitted affine map on features (B, C): `forward` is `head(features(spot))`, and a cached embedding
+        goes through exactly this call."""
+        if not bool(self.fitted):
+            raise RuntimeError("LinearProbe must be fitted before predicting")
+        return ModelOutput(pred=f @ self.weight.to(f.dtype).T + self.bias.to(f.dtype))
 
     def fit_features(self, x: np.ndarray, y: np.ndarray) -> LinearProbe:
         """Fit scaler -> PCA -> ridge on training features (N, C) and labels (N, G); store the folded map."""
@@ -109,5 +133,4 @@ class LinearProbe(nn.Module):
         """Predict from the spot patch; the region patch is ignored."""
         if not bool(self.fitted):
             raise RuntimeError("LinearProbe must be fitted before predicting")
-        f = self.features(spot)
-        return ModelOutput(pred=f @ self.weight.to(f.dtype).T + self.bias.to(f.dtype))
+        return self.head(self.features(spot))
