@@ -205,8 +205,8 @@ class SectionEmbeddings:
 
     def __init__(self, module: Predictor, *, cache: bool = True) -> None:
         self.module = module
-        self.base = embedding_base(module)
-        self.cache = bool(cache) and self.base is not None
+        self.base = embedding_base(module) if cache else None  # hashing the weights only where a key is needed
+        self.cache = self.base is not None
         self.stats = {"cache": self.cache, "encoded": 0, "read": 0}
         self._memo: dict[tuple[str, int], np.ndarray] = {}
 
