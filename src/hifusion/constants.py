@@ -20,6 +20,7 @@ H5_EMBEDDINGS = "embeddings"
 H5_ATTR_EMB_KEY = "key"  # canonical JSON of the key the file was made under
 EMBEDDING_FORMAT = 1  # bump when the file layout or what a key covers changes: older files are then recomputed
 EMBEDDING_BATCH = 64  # spots per encoder call when embedding: fixed, so embeddings never depend on train.batch_size
+EMBEDDING_MEMO_BYTES = 1 << 30  # embeddings a fit keeps in memory (most recent first); older ones are read again
 
 # ------------------------------------------------------------------------------------------------------ obs keys
 OBS_SECTION = "section"

@@ -8,6 +8,7 @@ a plain `nn.Module` holding the model and its checkpoint metadata.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable
 from contextlib import nullcontext
 from pathlib import Path
@@ -208,11 +209,12 @@ class SectionEmbeddings:
         self.base = embedding_base(module) if cache else None  # hashing the weights only where a key is needed
         self.cache = self.base is not None
         self.stats = {"cache": self.cache, "encoded": 0, "read": 0}
-        self._memo: dict[tuple[str, int], np.ndarray] = {}
+        self._memo: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()  # most recent last, bounded in bytes
 
     def get(self, section: str, patches: Any, view: int = 0, stain_src: np.ndarray | None = None) -> np.ndarray:
         """(len(patches), C) float32 embeddings of the section's spots under D4 view `view`."""
         if (section, view) in self._memo:
+            self._memo.move_to_end((section, view))
             return self._memo[(section, view)]
         path = key = None
         x = None
@@ -228,6 +230,8 @@ class SectionEmbeddings:
         else:
             self.stats["read"] += 1
         self._memo[(section, view)] = x
+        while len(self._memo) > 1 and sum(a.nbytes for a in self._memo.values()) > C.EMBEDDING_MEMO_BYTES:
+            self._memo.popitem(last=False)  # a large cohort: read (or, without the cache, compute) it again later
         return x
 
     def _encode(self, patches: Any, view: int, stain_src: np.ndarray | None) -> np.ndarray:

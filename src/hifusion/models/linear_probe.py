@@ -9,6 +9,9 @@ spots only; ``'hest'`` is HEST-Benchmark's fixed rule as we read it, 100 / (n_co
 thousands of spots: on one 187-spot section it barely regularises (PCA keeps all 187 components) and the probe
 interpolates its training spots (test MSE 2-6x the mean profile's on HER2ST C3/C4); a number fixes alpha.
 Unlike HEST (no intercept) we fit an intercept: our labels are not centred.
+The fitter computes each section's embeddings once per view and, unless `data.embedding_cache` is false, stores them
+beside the patch cache for every later fit, fold and run on the same encoder (`embedding_identity` names its part of
+the key; `head` is the map a cached embedding goes through, as in `forward`).
 The encoder is any registered or timm name; meaningful features need pretrained weights (``encoder_weights``, a
 local file); with random weights this is a random-features probe. Memory: the encoder's inference activations for
 one batch plus an (N_train, C) float64 feature matrix.
