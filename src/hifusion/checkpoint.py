@@ -31,6 +31,17 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def tensors_sha256(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a state dict's names, dtypes, shapes and bytes (in name order): identifies weights that exist only
+    in memory, such as a randomly initialised encoder."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def write_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> None:
     """Write to a temporary file, record its SHA-256 beside it, then rename: a crash never leaves half a file."""
     path = Path(path)

@@ -11,6 +11,17 @@ H5AD_SUFFIX = ".h5ad"
 PATCHES_SUFFIX = ".patches.h5"
 CACHE_MANIFEST = "cache.json"  # parameters a cache folder was made with (reuse with others is an error)
 
+# --------------------------------------------------------------------------------- embedding cache (frozen encoders)
+# `<cache>/embeddings/<section>.<key hash>.h5`: float32 (N_spots, C) frozen-encoder embeddings of every spot of a
+# section under one view, the full key (JSON) in the attrs; written atomically, never modified afterwards.
+EMBEDDINGS_DIR = "embeddings"
+EMBEDDINGS_SUFFIX = ".h5"
+H5_EMBEDDINGS = "embeddings"
+H5_ATTR_EMB_KEY = "key"  # canonical JSON of the key the file was made under
+EMBEDDING_FORMAT = 1  # bump when the file layout or what a key covers changes: older files are then recomputed
+EMBEDDING_BATCH = 64  # spots per encoder call when embedding: fixed, so embeddings never depend on train.batch_size
+EMBEDDING_MEMO_BYTES = 1 << 30  # embeddings a fit keeps in memory (most recent first); older ones are read again
+
 # ------------------------------------------------------------------------------------------------------ obs keys
 OBS_SECTION = "section"
 OBS_PATIENT = "patient"

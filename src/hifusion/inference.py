@@ -8,16 +8,20 @@ a plain `nn.Module` holding the model and its checkpoint metadata.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from hifusion import constants as C
 from hifusion.data.datasets import SectionDataset, SpotDataset
-from hifusion.preprocess import adabn, input_sources, memory_format, preprocess_images, tta_mean
+from hifusion.data.embeddings import embeddings_path, patch_fingerprint, read_embeddings, write_embeddings
+from hifusion.preprocess import D4_SIZE, adabn, d4, input_sources, memory_format, preprocess_images, tta_mean
 
 Batch = dict[str, torch.Tensor]
 
@@ -101,11 +105,12 @@ class Predictor(nn.Module):
 
 @torch.no_grad()
 def predict_loader(module: Any, loader: Iterable[Batch], *, adabn_batches: Iterable[Batch] | None = None,
-                   tta: bool = False, features: bool = False) -> np.ndarray:
+                   tta: bool = False, features: bool = False, view: int = 0) -> np.ndarray:
     """Run a module (`Predictor` or the Lightning module) over uint8 (spot, region) batches; autocast on CUDA.
 
     `adabn_batches`: BatchNorm statistics re-estimated on these first; `tta`: mean over the 8 D4 views;
-    `features`: the model's frozen spot features (`model.features`) instead of predictions."""
+    `features`: the model's frozen spot features (`model.features`) instead of predictions, of the D4 `view` of the
+    prepared spot (0: as stored), the view `tta` gives the model."""
     was_training = module.training
     module.eval()
     device = next(module.parameters()).device
@@ -117,7 +122,7 @@ def predict_loader(module: Any, loader: Iterable[Batch], *, adabn_batches: Itera
         if features:
             spot, _ = module.preprocess(on_device(batch))
             with torch.autocast(device.type, enabled=device.type == "cuda"):
-                return module.model.features(spot)
+                return module.model.features(d4(spot, view))
         with torch.autocast(device.type, enabled=device.type == "cuda"):
             return module.predict_batch(on_device(batch), tta=tta)
 
@@ -162,3 +167,106 @@ def calibration_key(adabn: bool, tta: bool, smooth_um: float = 0.0, gene_pcs: in
     if smooth_um:
         key += f",smooth_um={float(smooth_um):g}"
     return key if not gene_pcs else f"{key},gene_pcs={int(gene_pcs)}"
+
+
+# ------------------------------------------------------------------------------------- the embedding cache
+# Checkpoint metadata that does not change what reaches the encoder: left out of the embedding key so that every
+# model on the same frozen encoder and preprocessing (any panel, probe size, ridge alpha) shares the embeddings.
+# Everything else in the metadata (normalisation, stain normalisation, patch scale, package version, and whatever
+# later preprocessing records there) is part of the key.
+_NOT_ENCODER_INPUT = frozenset({"train_mean", "model", "panel", "label", "train_sections", "label_scale"})
+
+
+def embedding_base(module: Predictor) -> dict[str, Any] | None:
+    """The part of an embedding key that every section and view of a fitted frozen-encoder model shares; None for a
+    model that does not describe its encoder (`embedding_identity`), whose embeddings are then never cached.
+
+    Computed once per fit (it hashes the encoder's weights file, or its tensors when they are random)."""
+    model = module.model
+    identity = getattr(model, "embedding_identity", None)
+    if not callable(identity) or not callable(getattr(model, "features", None)):
+        return None
+    device = next(module.parameters()).device
+    meta = {k: v for k, v in module.meta.items() if k not in _NOT_ENCODER_INPUT}
+    if isinstance(meta.get("stain"), dict):  # augmentation acts in training only, never on an embedding
+        meta["stain"] = {k: v for k, v in meta["stain"].items() if k != "augment"}
+    compute = {"device": device.type, "autocast": device.type == "cuda", "torch": torch.__version__,
+               "channels_last": memory_format(module.channels_last, device) == torch.channels_last,
+               "batch": C.EMBEDDING_BATCH}
+    return {"format": C.EMBEDDING_FORMAT, "encoder": identity(), "meta": meta, "compute": compute}
+
+
+def embedding_key(base: dict[str, Any], section: str, patches: Any, view: int,
+                  stain_src: np.ndarray | None) -> dict[str, Any]:
+    """The full key of one section's embeddings under one D4 view (0-7; 0 is the patch as stored)."""
+    src = None if stain_src is None else np.asarray(stain_src, np.float64).tolist()
+    return {**base, "section": str(section), "patches": patch_fingerprint(patches.path), "n_spots": len(patches),
+            "stain_source": src, "view": int(view)}
+
+
+class SectionEmbeddings:
+    """Frozen-encoder embeddings of every spot of a section, per D4 view, for one fitted `Predictor`: computed once
+    (fixed batches of `EMBEDDING_BATCH` spots, in cache order) and, with `cache`, stored beside the patch cache and
+    read back by every later fit, fold and run with the same key (`hifusion.data.embeddings`).
+
+    With or without the cache the same numbers reach the model's head, so predictions are identical either way.
+    `stats` counts the (section, view) pairs that ran the encoder (`encoded`) and those read from the cache (`read`):
+    one dict, updated in place, so a run's record made before its test-time views were predicted stays current."""
+
+    def __init__(self, module: Predictor, *, cache: bool = True) -> None:
+        self.module = module
+        self.base = embedding_base(module) if cache else None  # hashing the weights only where a key is needed
+        self.cache = self.base is not None
+        self.stats = {"cache": self.cache, "encoded": 0, "read": 0}
+        self._memo: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()  # most recent last, bounded in bytes
+
+    def get(self, section: str, patches: Any, view: int = 0, stain_src: np.ndarray | None = None) -> np.ndarray:
+        """(len(patches), C) float32 embeddings of the section's spots under D4 view `view`."""
+        if (section, view) in self._memo:
+            self._memo.move_to_end((section, view))
+            return self._memo[(section, view)]
+        path = key = None
+        x = None
+        if self.cache:
+            key = embedding_key(self.base, section, patches, view, stain_src)  # type: ignore[arg-type]
+            path = embeddings_path(Path(patches.path).parent, section, key)
+            x = read_embeddings(path, key, len(patches))
+        if x is None:
+            x = self._encode(patches, view, stain_src)
+            self.stats["encoded"] += 1
+            if path is not None:
+                write_embeddings(path, key, x)  # type: ignore[arg-type]
+        else:
+            self.stats["read"] += 1
+        self._memo[(section, view)] = x
+        while len(self._memo) > 1 and sum(a.nbytes for a in self._memo.values()) > C.EMBEDDING_MEMO_BYTES:
+            self._memo.popitem(last=False)  # a large cohort: read (or, without the cache, compute) it again later
+        return x
+
+    def _encode(self, patches: Any, view: int, stain_src: np.ndarray | None) -> np.ndarray:
+        patch = self.module.meta["patch"]
+        ds = SpotDataset([patches], [np.arange(len(patches))], None, spot_px=patch["spot_px"],
+                         region_px=patch["region_px"], stain_stats=None if stain_src is None else [stain_src])
+        loader = torch.utils.data.DataLoader(ds, batch_size=C.EMBEDDING_BATCH, shuffle=False, num_workers=0)
+        x = predict_loader(self.module, loader, features=True, view=view)
+        return np.ascontiguousarray(x.reshape(len(patches), -1), dtype=np.float32)
+
+    @torch.no_grad()
+    def predict(self, section: str, patches: Any, rows: np.ndarray, *, stain_src: np.ndarray | None = None,
+                tta: bool = False, batch_size: int = 64) -> np.ndarray:
+        """Predictions (len(rows), G) in label units from the embeddings through the model's `head`, averaged over
+        the 8 D4 views when `tta` (the same sum, in the same order, as `preprocess.tta_mean`)."""
+        model, rows = self.module.model, np.asarray(rows, np.int64)
+        device = next(self.module.parameters()).device
+        total: np.ndarray | None = None
+        for k in range(D4_SIZE) if tta else (0,):
+            x = self.get(section, patches, k, stain_src)
+            parts = []
+            for i in range(0, max(len(rows), 1), batch_size):  # no rows: one empty batch, (0, G) out
+                f = torch.from_numpy(x[rows[i : i + batch_size]]).to(device)
+                with torch.autocast(device.type, enabled=device.type == "cuda"):
+                    parts.append(model.head(f).pred.float())
+            p = torch.cat(parts)
+            total = p if total is None else total + p
+        pred = total / D4_SIZE if tta else total
+        return to_label_units(pred, self.module.meta).float().cpu().numpy()

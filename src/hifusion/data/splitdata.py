@@ -37,6 +37,7 @@ class SplitData:
     stain: Any = None  # the config's StainConfig (augmentation and normalisation options)
     stain_stats: dict[str, np.ndarray] | None = None  # per-section LAB mean/std of its images, computed once
     train_level: np.ndarray | None = None  # pooled training label mean, computed once (`fit_labels`)
+    embedding_cache: bool = True  # frozen-encoder embeddings read from / written to <cache>/embeddings
     top50: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @property
@@ -215,6 +216,7 @@ def load_split(
         pixel_size=float(first.pixel_size),
         normalise=data_cfg.normalise,
         stain=data_cfg.stain,
+        embedding_cache=data_cfg.embedding_cache,
     )
     data.top50 = np.asarray(top_variable_genes(data.train_labels(), k=min(50, len(panel))))
     return data

@@ -9,6 +9,9 @@ spots only; ``'hest'`` is HEST-Benchmark's fixed rule as we read it, 100 / (n_co
 thousands of spots: on one 187-spot section it barely regularises (PCA keeps all 187 components) and the probe
 interpolates its training spots (test MSE 2-6x the mean profile's on HER2ST C3/C4); a number fixes alpha.
 Unlike HEST (no intercept) we fit an intercept: our labels are not centred.
+The fitter computes each section's embeddings once per view and, unless `data.embedding_cache` is false, stores them
+beside the patch cache for every later fit, fold and run on the same encoder (`embedding_identity` names its part of
+the key; `head` is the map a cached embedding goes through, as in `forward`).
 The encoder is any registered or timm name or an encoder preset (``uni``, ``virchow2``, ...: features formed as
 the published model forms its embedding); meaningful features need pretrained weights (``encoder_weights``, a
 local file, or ``hub`` for a preset); with random weights this is a random-features probe. Memory: the encoder's
@@ -17,6 +20,7 @@ inference activations for one batch plus an (N_train, C) float64 feature matrix.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from hifusion.checkpoint import file_sha256, tensors_sha256
 from hifusion.errors import ConfigError, InputError
 from hifusion.models.encoders import create_encoder
 from hifusion.models.layers import ModelOutput
@@ -40,6 +45,7 @@ class LinearProbe(nn.Module):
 
     loss_name = "mse"
     input_kind = "features"
+    uses_region = False  # the spot patch only: the region patch is neither read into the model nor preprocessed
 
     def __init__(
         self,
@@ -59,6 +65,8 @@ class LinearProbe(nn.Module):
             raise ConfigError(f"alpha must be positive, got {alpha}")
         self.n_genes, self.n_components, self.alpha = int(n_genes), int(n_components), alpha
         self.encoder = create_encoder(encoder, weights=encoder_weights, frozen=True, **(encoder_kwargs or {}))
+        self.encoder_name, self.encoder_kwargs = str(encoder), dict(encoder_kwargs or {})
+        self.encoder_weights = None if encoder_weights is None else Path(encoder_weights)
         c = self.encoder.embed_dim
         self.register_buffer("weight", torch.zeros(self.n_genes, c))
         self.register_buffer("bias", torch.zeros(self.n_genes))
@@ -76,6 +84,25 @@ class LinearProbe(nn.Module):
         if self.encoder.embedding == "mean":  # pooled in float32, as before presets existed
             return self.encoder(spot).float().mean(dim=(2, 3))
         return self.encoder.embed(spot).float()
+
+    def embedding_identity(self) -> dict[str, Any]:
+        """What `features` depends on besides its input, for the embedding cache's key (JSON values only): the
+        encoder's name and options, and its weights: the SHA-256 of the weights file, or, with random weights, of
+        the encoder's tensors themselves (a seed alone does not fix them across torch versions or model layouts)."""
+        if self.encoder_weights is not None and self.encoder_weights.is_file():
+            weights = f"sha256:{file_sha256(self.encoder_weights)}"
+        else:  # no file, or no longer there: the weights in memory are what counts
+            weights = f"random-init:{tensors_sha256(self.encoder.state_dict())}"
+        return {"model": type(self).__name__, "encoder": self.encoder_name,
+                "encoder_kwargs": json.loads(json.dumps(self.encoder_kwargs, sort_keys=True, default=str)),
+                "weights": weights, "pool": self.encoder.embedding}
+
+    def head(self, f: Tensor) -> ModelOutput:
+        """The fitted affine map on features (B, C): `forward` is `head(features(spot))`, and a cached embedding
+        goes through exactly this call."""
+        if not bool(self.fitted):
+            raise RuntimeError("LinearProbe must be fitted before predicting")
+        return ModelOutput(pred=f @ self.weight.to(f.dtype).T + self.bias.to(f.dtype))
 
     def fit_features(self, x: np.ndarray, y: np.ndarray) -> LinearProbe:
         """Fit scaler -> PCA -> ridge on training features (N, C) and labels (N, G); store the folded map."""
@@ -112,5 +139,4 @@ class LinearProbe(nn.Module):
         """Predict from the spot patch; the region patch is ignored."""
         if not bool(self.fitted):
             raise RuntimeError("LinearProbe must be fitted before predicting")
-        f = self.features(spot)
-        return ModelOutput(pred=f @ self.weight.to(f.dtype).T + self.bias.to(f.dtype))
+        return self.head(self.features(spot))

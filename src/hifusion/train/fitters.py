@@ -33,9 +33,9 @@ from hifusion.config import ModelConfig, TrainConfig
 from hifusion.data.datasets import SectionDataset, SpotDataset, patch_mean_std
 from hifusion.data.splitdata import SplitData
 from hifusion.errors import ConfigError
-from hifusion.inference import Predictor, predict_loader, predict_rows, predict_section, used_inputs
+from hifusion.inference import Predictor, SectionEmbeddings, predict_rows, predict_section, used_inputs
 from hifusion.models.encoders import preset_inputs
-from hifusion.preprocess import input_sources, rescale_warnings
+from hifusion.preprocess import has_batchnorm, input_sources, rescale_warnings
 from hifusion.train.callbacks import TestSelection
 from hifusion.train.module import ExpressionModule, SectionModule
 from hifusion.train.trainer import ExpressionDataModule, run_lightning, uses_cuda
@@ -319,22 +319,32 @@ def _fit_retrieval_model(model: torch.nn.Module, model_cfg: ModelConfig, cfg: Tr
 @register_fitter("features")
 def _fit_features_model(model: torch.nn.Module, model_cfg: ModelConfig, cfg: TrainConfig, data: SplitData,
                         run_dir: Path, resume: bool) -> FitResult:
-    """Frozen features of the training spot patches (no augmentation) -> `model.fit_features` -> checkpoint."""
+    """Frozen embeddings of the training spot patches (no augmentation) -> `model.fit_features` -> checkpoint.
+
+    Embeddings come from `inference.SectionEmbeddings`: every spot of a section per D4 view, computed once and, with
+    `data.embedding_cache`, stored beside the patch cache for every later model, fold and run on the same encoder.
+    Test predictions (and the test-time D4 views) go through the same embeddings and the model's `head`."""
     meta = make_meta(model_cfg, data, normalisation_for(model_cfg, data), model)
     predictor = Predictor(model, meta, channels_last=cfg.channels_last)
     if uses_cuda(cfg):
         predictor = predictor.cuda()
     predictor.eval()
     bs = max(cfg.batch_size, 32)
+    emb = SectionEmbeddings(predictor, cache=data.embedding_cache)
     secs = _nonempty(data.train_rows)
-    ds = SpotDataset([data.patches[s] for s in secs], [data.train_rows[s] for s in secs], None, spot_px=data.spot_px,
-                     region_px=data.region_px, stain_stats=stain_list(data, secs))
-    loader = torch.utils.data.DataLoader(ds, batch_size=bs, shuffle=False, num_workers=0)
-    x = predict_loader(predictor, loader, features=True)
+    x = np.concatenate([emb.get(s, data.patches[s], 0, data.stain_source(s))[data.train_rows[s]] for s in secs])
     model.fit_features(x, data.fit_train_labels(cfg.centre_labels))
     ckpt = save_model_checkpoint(model, meta, run_dir / C.CKPT_DIR / C.CKPT_LAST)
-    predict = rows_predictor(predictor, data, bs)
+    adapting = rows_predictor(predictor, data, bs)  # AdaBN changes the encoder: its embeddings are not the cached ones
+
+    def predict(section: str, rows: np.ndarray, adabn: bool = False, tta: bool = False) -> np.ndarray:
+        if adabn and getattr(model, "adapts_batchnorm", True) and has_batchnorm(model):
+            return adapting(section, rows, adabn, tta)
+        return emb.predict(section, data.patches[section], rows, stain_src=data.stain_source(section), tta=tta,
+                           batch_size=bs)
+
     preds = {s: predict(s, data.rows[s]) for s in data.test_sections}
     return FitResult(predictions=preds, checkpoint=ckpt, predict=predict,
                      info={"checkpoint_used": ckpt.name, "n_features": int(x.shape[1]),
-                           "alpha": float(getattr(model, "alpha_used", float("nan")))})
+                           "alpha": float(getattr(model, "alpha_used", float("nan"))),
+                           "embeddings": emb.stats})
