@@ -68,7 +68,7 @@ def ensure_cache(data_cfg: DataConfig, *, progress: bool = True) -> Path:
         spot_um=p.spot_um, spot_px=p.spot_px, region_factor=p.region_factor,
         mpp=p.mpp or None, coord_scale=p.coord_scale or None, images=p.image or None,
         allow_background=p.allow_background, compression=None if p.compression == "none" else p.compression,
-        overwrite=False, progress=progress,
+        overwrite=False, progress=progress, reader_options=p.reader_options(),
     )
     return cache
 
