@@ -381,7 +381,8 @@ def prepare_sections(
     """Prepare `sections` (None = every section found) of `root` into the cache folder `out`; returns their h5ad paths.
 
     `spot_um` None takes the format's default field of view (`Reader.spot_um`: 154.6 um, or following the spot size
-    for Visium HD). `mpp`, `coord_scale` and `images` are per-section overrides; sections already done are skipped unless `overwrite`.
+    for Visium HD). `mpp`, `coord_scale` and `images` are per-section overrides; sections already done are skipped
+    unless `overwrite`.
     `workers > 1` prepares sections in parallel processes; `shard="i/n"` takes every n-th section from the i-th.
     With `progress`, each section's image, um/px and resampling factor and, once done, its share of spots on tissue
     are reported on stderr. Patches enlarged more than 4x from the image draw a warning (they hold little detail).
