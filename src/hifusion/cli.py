@@ -227,6 +227,9 @@ def predict(
                                                       "top-k co-expression axes of the training labels (stored by a "
                                                       "benchmark in recipe.json; 0 = off). Unset: recipe.json, else "
                                                       "0.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="h5ad (predictions.h5ad, CSV, maps) | spatialdata (also "
+                                                      "predictions.zarr: H&E, spot circles and table in microns; "
+                                                      "needs pip install 'hifusion[spatial]').")] = "h5ad",
 ) -> None:
     """Predict expression over a whole slide: h5ad + CSV + per-gene maps + index.html in OUT."""
     from hifusion.predict import predict_slide
@@ -235,10 +238,12 @@ def predict(
     recipe, source = resolve_recipe(checkpoint, adabn, tta, calibrate, smooth_um, gene_pcs)
     result = predict_slide(
         checkpoint, slide, out, mpp=mpp, spots=spots, grid=grid, pitch_um=pitch_um, genes=_sections(genes),
-        batch_size=batch_size, device=device, progress=True, min_tissue=min_tissue, **recipe,
+        batch_size=batch_size, device=device, progress=True, min_tissue=min_tissue, fmt=fmt, **recipe,
     )
     typer.echo(f"test-time options: {', '.join(f'{k}={v}' for k, v in recipe.items())} ({source})")
     typer.echo(f"predictions: {result / 'predictions.h5ad'}  maps: {result / 'index.html'}")
+    if fmt == "spatialdata":
+        typer.echo(f"SpatialData: {result / 'predictions.zarr'}")
 
 
 @app.command()

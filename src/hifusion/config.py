@@ -228,6 +228,9 @@ class Config(_Strict):
     adapt: AdaptConfig = Field(default_factory=AdaptConfig)  # test-time options of every model's main row
     # extra rows from the same fitted models, labelled "<model> [<name>]": e.g. {plain: {}} to show the effect
     adapt_variants: dict[str, AdaptConfig] = Field(default_factory=dict)
+    # benchmark prediction files: predictions/<model>/<section>.h5ad, and with `spatialdata` a <section>.zarr beside
+    # it (the H&E, spot circles at their diameter and the table, in microns; needs the `spatial` extra)
+    prediction_format: Literal["h5ad", "spatialdata"] = "h5ad"
 
     @field_validator("models")
     @classmethod

@@ -111,6 +111,25 @@ CKPT_BEST = "best.ckpt"
 CKPT_DIR = "checkpoints"
 CKPT_META_KEY = "hifusion"  # the checkpoint entry holding what prediction needs besides the weights
 
+# ----------------------------------------------------------------------------------------------- prediction files
+# DESIGN 10: the prediction in layers['predicted'] and in X (so plotting and old code work), never mixed with counts;
+# uns['hifusion'] says the unit, model, checkpoint sha256, recipe and package version.
+LAYER_PREDICTED = "predicted"
+LAYER_TRUTH = "truth"  # benchmark files: the measured label of the same spots, in the same unit
+UNS_UNIT = "unit"
+UNS_CHECKPOINT_SHA256 = "checkpoint_sha256"
+UNS_RECIPE = "recipe"
+UNS_VERSION = "version"
+PREDICTIONS_ZARR = "predictions.zarr"  # predict --format spatialdata
+# SpatialData elements: one coordinate system, in microns
+SD_COORDINATE_SYSTEM = "global"
+SD_IMAGE = "he"
+SD_SPOTS = "spots"
+SD_TABLE = "table"
+SD_REGION_KEY = "region"
+SD_INSTANCE_KEY = "spot_id"
+SD_BARCODE = "barcode"
+
 # ---------------------------------------------------------------------------------------------- marker genes
 MARKER_GENES = ("ERBB2", "KRT19", "CD74", "TMSB10", "FASN", "GNAS")
 

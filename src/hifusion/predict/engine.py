@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from hifusion import __version__
 from hifusion import constants as C
 from hifusion.errors import CheckpointError, ConfigError, InputError
 from hifusion.inference import Predictor, calibration_key, predict_loader
@@ -30,6 +29,8 @@ from hifusion.stain import lab_stats
 
 GRID_KINDS = ("hex", "square")
 CALIBRATE = ("none", "centre", "shrink", "auto")
+OUTPUT_FORMATS = ("h5ad", "spatialdata")
+SD_IMAGE_MAX_SIDE = 4096  # long side of the H&E kept in a SpatialData output (the slide itself may be far larger)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -344,8 +345,10 @@ def predict_slide(
     calibrate: str = "none",
     smooth_um: float = 0.0,
     gene_pcs: int = 0,
+    fmt: str = "h5ad",
 ) -> Path:
-    """Predict a whole slide and write predictions.h5ad, predictions.csv, maps/<gene>.png and index.html into `out`.
+    """Predict a whole slide and write predictions.h5ad, predictions.csv, maps/<gene>.png and index.html into `out`
+    (`fmt="spatialdata"`: also predictions.zarr, the H&E, spot circles and table in microns).
 
     Spots: a `grid` ('hex' Visium-like or 'square' legacy ST) every `pitch_um` microns (default: twice the spot field
     of view, see `default_pitch_um`) over the detected tissue, kept where at least `min_tissue` of the spot's field of
@@ -355,6 +358,12 @@ def predict_slide(
     """
     checkpoint, slide_path, out = Path(checkpoint), Path(slide), Path(out)
     _check_options(grid, pitch_um, batch_size, calibrate, smooth_um, gene_pcs)
+    if fmt not in OUTPUT_FORMATS:
+        raise ConfigError(f"output format must be one of {OUTPUT_FORMATS}, got '{fmt}'")
+    if fmt == "spatialdata":  # fail before the model runs, not after
+        from hifusion.predict.spatialdata import require_spatialdata
+
+        require_spatialdata()
     module, meta = load_predictor(checkpoint, device)
     m = check_meta(meta, checkpoint)
     panel = m["panel"]
@@ -378,9 +387,10 @@ def predict_slide(
         pred = predict_coords(module, s, coords, batch_size=batch_size, workers=workers, progress=progress,
                               adabn=adabn, tta=tta, calibrate=calibrate, smooth_um=smooth_um, gene_pcs=gene_pcs,
                               gene_axes=axes)
+        recipe = {"adabn": adabn, "tta": tta, "calibrate": calibrate, "smooth_um": smooth_um, "gene_pcs": gene_pcs}
         info = {
-            "version": __version__, "checkpoint": str(checkpoint), "slide": str(slide_path),
-            "model": meta["model"]["name"], "label": m["label"], "mpp": s.mpp, "mpp_source": s.mpp_source,
+            **outputs.provenance(meta["model"]["name"], m["label"], checkpoint, recipe),
+            "slide": str(slide_path), "mpp": s.mpp, "mpp_source": s.mpp_source,
             "level": s.level, "level_mpp": s.level_mpp,
             "pixel_size": m["pixel_size"], "spot_px": m["spot_px"], "region_px": m["region_px"],
             "spots": "file" if spots is not None else "grid", "spots_file": None if spots is None else str(spots),
@@ -390,6 +400,7 @@ def predict_slide(
             "adabn": adabn, "tta": tta, "calibrate": calibrate, "smooth_um": smooth_um, "gene_pcs": gene_pcs,
             "stain_normalise": (meta.get("stain") or {}).get("normalise", "none"),
         }
+        he = s.image.thumbnail(SD_IMAGE_MAX_SIDE) if fmt == "spatialdata" else None
     finally:
         s.close()
 
@@ -397,6 +408,12 @@ def predict_slide(
     out.mkdir(parents=True, exist_ok=True)
     adata = outputs.build_anndata(pred, coords, barcodes, panel, obs, slide_id, thumb, scalef, fov_px, info)
     outputs.write_h5ad(adata, out / outputs.PREDICTIONS_H5AD)
+    if he is not None:
+        from hifusion.predict.spatialdata import build_spatialdata, write_spatialdata
+
+        he_um = s.mpp * width / he.shape[1]  # microns per pixel of the image stored in the zarr
+        sdata = build_spatialdata(adata, he, he_um, coords * s.mpp, fov_px * s.mpp)
+        write_spatialdata(sdata, out / C.PREDICTIONS_ZARR)
     outputs.write_csv(out / outputs.PREDICTIONS_CSV, barcodes, coords, pred, panel)
     maps = outputs.write_maps(out / outputs.MAPS_DIR, show, panel, pred, coords, thumb, scalef, fov_px, m["label"])
     outputs.write_index(out / outputs.INDEX_HTML, maps, {k: v for k, v in info.items() if v is not None})
