@@ -52,10 +52,10 @@ class HDFixture:
         return self.outs / "binned_outputs" / f"square_{bin_um:03d}um"
 
 
-def crop_image(size_px: int) -> np.ndarray:
+def crop_image(size_px: int, crop_xy: tuple[int, int] = CROP_XY) -> np.ndarray:
     path = next((her2st_sample() / "ST-imgs" / "C" / "C2").glob("*.jpg"))
     with Image.open(path) as im:
-        x0, y0 = CROP_XY
+        x0, y0 = crop_xy
         return np.asarray(im.convert("RGB").crop((x0, y0, x0 + size_px, y0 + size_px)))
 
 
@@ -140,9 +140,9 @@ def write_bin_folder(folder: Path, bin_um: int, counts: sp.csr_matrix, in_tissue
 
 
 def make_visium_hd(root: Path, sample: str = "hd1", *, size_px: int = 720, seed: int = 0, full_res: bool = True,
-                   hires: bool = True) -> HDFixture:
+                   hires: bool = True, crop_xy: tuple[int, int] = CROP_XY) -> HDFixture:
     """Write a Visium HD output for `sample` under `root` from a `size_px` square crop of the real C2 H&E."""
-    img = crop_image(size_px)
+    img = crop_image(size_px, crop_xy)
     n2 = int(size_px * MPP // 16) * 8  # 2 um bins per side, a whole number of 16 um bins
     counts2, tissue2 = draw_counts(img, n2, seed)
     origin = (0.0, 0.0)
