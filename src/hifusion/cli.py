@@ -70,9 +70,10 @@ def _ints(value: str | None, option: str) -> list[int] | None:
 def prepare(
     out: Annotated[Path, typer.Option("--out", "-o", help="Cache folder (one folder per physical scale).")],
     root: Annotated[Path | None, typer.Option(help="Dataset root (default: the HER2ST sample in the package).")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="her2st | stnet | visium | h5ad")] = "her2st",
+    fmt: Annotated[str, typer.Option("--format", help="her2st | stnet | visium | visium_hd | h5ad")] = "her2st",
     sections: Annotated[str | None, typer.Option(help="Comma-separated section ids (default: all found).")] = None,
-    spot_um: Annotated[float, typer.Option(help="Spot field of view in microns.")] = 154.6,
+    spot_um: Annotated[float | None, typer.Option(help="Spot field of view in microns (default 154.6; Visium HD: "
+                                                       "1.546 x the spot width, 85 um for 55 um discs).")] = None,
     spot_px: Annotated[int, typer.Option(help="Spot patch side in pixels (224 paper, 112 CPU profile).")] = 224,
     region_factor: Annotated[float, typer.Option(help="Region patch side / spot patch side.")] = 2.0,
     mpp: Annotated[list[str] | None, typer.Option(help="Per-section image um/px override, e.g. C2=0.69.")] = None,
@@ -88,6 +89,11 @@ def prepare(
     workers: Annotated[int, typer.Option(help="Sections prepared in parallel.")] = 1,
     shard: Annotated[str | None, typer.Option(help="i/n: prepare every n-th section from i (cluster arrays).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Redo sections already in the cache.")] = False,
+    hd_bin_um: Annotated[int, typer.Option(help="Visium HD: bin size read, 2 | 8 | 16 um.")] = 8,
+    hd_disc_um: Annotated[float, typer.Option(help="Visium HD: pseudo-spot diameter in um (bins summed into discs); "
+                                                   "0 = the bins themselves are the spots.")] = 55.0,
+    hd_pitch_um: Annotated[float, typer.Option(help="Visium HD: pseudo-spot grid pitch in um.")] = 100.0,
+    hd_grid: Annotated[str, typer.Option(help="Visium HD: pseudo-spot grid, hex | square.")] = "hex",
 ) -> None:
     """Read raw ST data, cut spot and region patches at one physical scale, and write the patch cache."""
     from hifusion.data.prepare import prepare_sections
@@ -100,6 +106,8 @@ def prepare(
         images=_parse_paths(image, "--image") or None, allow_background=allow_background,
         compression=None if compression == "none" else compression, overwrite=overwrite, progress=True,
         workers=workers, shard=shard,
+        reader_options={"hd_spots": {"bin_um": hd_bin_um, "disc_um": hd_disc_um, "pitch_um": hd_pitch_um,
+                                     "grid": hd_grid}} if fmt == "visium_hd" else None,
     )
     typer.echo(f"cache: {out} ({len(written)} section(s))")
 
@@ -219,6 +227,9 @@ def predict(
                                                       "top-k co-expression axes of the training labels (stored by a "
                                                       "benchmark in recipe.json; 0 = off). Unset: recipe.json, else "
                                                       "0.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="h5ad (predictions.h5ad, CSV, maps) | spatialdata (also "
+                                                      "predictions.zarr: H&E, spot circles and table in microns; "
+                                                      "needs pip install 'hifusion[spatial]').")] = "h5ad",
 ) -> None:
     """Predict expression over a whole slide: h5ad + CSV + per-gene maps + index.html in OUT."""
     from hifusion.predict import predict_slide
@@ -227,10 +238,12 @@ def predict(
     recipe, source = resolve_recipe(checkpoint, adabn, tta, calibrate, smooth_um, gene_pcs)
     result = predict_slide(
         checkpoint, slide, out, mpp=mpp, spots=spots, grid=grid, pitch_um=pitch_um, genes=_sections(genes),
-        batch_size=batch_size, device=device, progress=True, min_tissue=min_tissue, **recipe,
+        batch_size=batch_size, device=device, progress=True, min_tissue=min_tissue, fmt=fmt, **recipe,
     )
     typer.echo(f"test-time options: {', '.join(f'{k}={v}' for k, v in recipe.items())} ({source})")
     typer.echo(f"predictions: {result / 'predictions.h5ad'}  maps: {result / 'index.html'}")
+    if fmt == "spatialdata":
+        typer.echo(f"SpatialData: {result / 'predictions.zarr'}")
 
 
 @app.command()

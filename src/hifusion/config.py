@@ -23,13 +23,22 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class VisiumHDConfig(_Strict):
+    """Visium HD spots: the bins of one size (disc_um 0), or bins summed into discs on a grid (DESIGN 10)."""
+
+    bin_um: Literal[2, 8, 16] = C.VISIUM_HD_DEFAULT_BIN_UM
+    disc_um: float = Field(C.VISIUM_HD_DEFAULT_DISC_UM, ge=0)
+    pitch_um: float = Field(C.VISIUM_HD_DEFAULT_PITCH_UM, gt=0)
+    grid: Literal["hex", "square"] = "hex"
+
+
 class PrepareConfig(_Strict):
     """How to build the patch cache from raw data (the `prepare` command's options)."""
 
     format: str = "her2st"
     root: Path | None = None  # None: the HER2ST sample shipped inside the package
     sections: list[str] | None = None  # None: every section found under root
-    spot_um: float = Field(C.DEFAULT_SPOT_UM, gt=0)
+    spot_um: float | None = Field(None, gt=0)  # None: 154.6 um, or following the spot size for visium_hd
     spot_px: int = Field(C.DEFAULT_SPOT_PX, gt=0)
     region_factor: float = Field(C.DEFAULT_REGION_FACTOR, ge=1.0)
     mpp: dict[str, float] = Field(default_factory=dict)
@@ -37,6 +46,11 @@ class PrepareConfig(_Strict):
     image: dict[str, Path] = Field(default_factory=dict)  # per-section image to cut from (prepare --image S=PATH)
     allow_background: bool = False  # keep sections whose spot patches are mostly background
     compression: Literal["none", "lzf"] = "none"
+    visium_hd: VisiumHDConfig = Field(default_factory=VisiumHDConfig)  # read by format visium_hd only
+
+    def reader_options(self) -> dict[str, Any] | None:
+        """Options passed to the format's reader (only Visium HD takes any)."""
+        return {"hd_spots": self.visium_hd.model_dump()} if self.format == "visium_hd" else None
 
 
 class GenesConfig(_Strict):
@@ -283,6 +297,9 @@ class Config(_Strict):
     # extra rows from the same fitted models, labelled "<model> [<name>]": e.g. {plain: {}} to show the effect
     adapt_variants: dict[str, AdaptConfig] = Field(default_factory=dict)
     pretrain: PretrainConfig | None = None  # self-supervised encoder pretraining per split (models opt in)
+    # benchmark prediction files: predictions/<model>/<section>.h5ad, and with `spatialdata` a <section>.zarr beside
+    # it (the H&E, spot circles at their diameter and the table, in microns; needs the `spatial` extra)
+    prediction_format: Literal["h5ad", "spatialdata"] = "h5ad"
 
     @field_validator("models")
     @classmethod

@@ -96,6 +96,21 @@ VISIUM_HIRES_SCALEF = "tissue_hires_scalef"  # full-resolution pixels -> hires i
 VISIUM_LOWRES_SCALEF = "tissue_lowres_scalef"
 VISIUM_FIDUCIAL_DIAMETER = "fiducial_diameter_fullres"  # written by Space Ranger only: marks scale factors as Visium
 
+# ------------------------------------------------------------------------------------ Visium HD (Space Ranger 3/4)
+VISIUM_HD_BINNED_DIR = "binned_outputs"  # outs/binned_outputs/square_002um, square_008um, square_016um
+VISIUM_HD_BIN_PATTERN = "square_{bin_um:03d}um"
+VISIUM_HD_BIN_SIZES = (2, 8, 16)
+VISIUM_HD_POSITIONS = "tissue_positions.parquet"
+VISIUM_HD_MPP_KEY = "microns_per_pixel"  # scalefactors_json.json: um per full-resolution pixel
+VISIUM_HD_BIN_SIZE_KEY = "bin_size_um"
+VISIUM_HD_DEFAULT_BIN_UM = 8  # DESIGN 10: without a choice, 55 um discs on a 100 um hex grid from the 8 um bins
+VISIUM_HD_DEFAULT_DISC_UM = 55.0
+VISIUM_HD_DEFAULT_PITCH_UM = 100.0
+VISIUM_HD_MIN_DISC_COVER = 0.5  # a pseudo-spot is kept when in-tissue bins cover at least this share of its disc
+OBS_N_BINS = "n_bins"  # Visium HD pseudo-spots: how many bins were summed into the spot
+# patch field of view per micron of spot width: the paper's 154.6 um for a 100 um legacy ST spot
+FOV_PER_SPOT_UM = DEFAULT_SPOT_UM / LEGACY_ST_SPOT_DIAMETER_UM
+
 # --------------------------------------------------------------------------------------------------- HEST-1k
 HEST_PIXEL_SIZE_KEY = "pixel_size_um_estimated"
 
@@ -114,6 +129,25 @@ CKPT_META_KEY = "hifusion"  # the checkpoint entry holding what prediction needs
 # becomes that encoder's input (centre crop, resize, the preset's mean/std); see `models.presets.input_view`
 META_INPUTS = "inputs"
 IMAGE_INPUTS = ("spot", "region")  # the image inputs of a batch, in the order models take them
+
+# ----------------------------------------------------------------------------------------------- prediction files
+# DESIGN 10: the prediction in layers['predicted'] and in X (so plotting and old code work), never mixed with counts;
+# uns['hifusion'] says the unit, model, checkpoint sha256, recipe and package version.
+LAYER_PREDICTED = "predicted"
+LAYER_TRUTH = "truth"  # benchmark files: the measured label of the same spots, in the same unit
+UNS_UNIT = "unit"
+UNS_CHECKPOINT_SHA256 = "checkpoint_sha256"
+UNS_RECIPE = "recipe"
+UNS_VERSION = "version"
+PREDICTIONS_ZARR = "predictions.zarr"  # predict --format spatialdata
+# SpatialData elements: one coordinate system, in microns
+SD_COORDINATE_SYSTEM = "global"
+SD_IMAGE = "he"
+SD_SPOTS = "spots"
+SD_TABLE = "table"
+SD_REGION_KEY = "region"
+SD_INSTANCE_KEY = "spot_id"
+SD_BARCODE = "barcode"
 
 # ---------------------------------------------------------------------------------------------- marker genes
 MARKER_GENES = ("ERBB2", "KRT19", "CD74", "TMSB10", "FASN", "GNAS")

@@ -69,7 +69,7 @@ from hifusion.constants import (
 )
 from hifusion.data.cache import cache_sections, is_done, read_manifest, section_paths
 from hifusion.data.patches import iter_patches, region_top_left, spot_from_region
-from hifusion.data.readers import list_sections, read_section
+from hifusion.data.readers import get_reader, list_sections, read_section
 from hifusion.data.section import Section
 from hifusion.errors import ConfigError, InputError
 from hifusion.io import atomic_path, atomic_write_text, make_dir
@@ -319,6 +319,7 @@ def prepare_section(
         "format": section.source_format,
         "coord_scale": section.meta.get("coord_scale", 1.0),
         "mpp_source": section.meta.get("mpp_source", ""),
+        "visium_hd": section.meta.get("visium_hd"),  # the spot definition (bins or pseudo-spots) of an HD section
         "pad_colour": pad,
         **{f"{k}_file": str(v) for k, v in section.files.items()},
         **params.manifest(),
@@ -363,7 +364,7 @@ def prepare_sections(
     sections: Iterable[str] | None,
     out: str | Path,
     *,
-    spot_um: float = DEFAULT_SPOT_UM,
+    spot_um: float | None = None,
     spot_px: int = DEFAULT_SPOT_PX,
     region_factor: float = DEFAULT_REGION_FACTOR,
     mpp: Mapping[str, float] | None = None,
@@ -379,12 +380,16 @@ def prepare_sections(
 ) -> list[Path]:
     """Prepare `sections` (None = every section found) of `root` into the cache folder `out`; returns their h5ad paths.
 
-    `mpp`, `coord_scale` and `images` are per-section overrides; sections already done are skipped unless `overwrite`.
+    `spot_um` None takes the format's default field of view (`Reader.spot_um`: 154.6 um, or following the spot size
+    for Visium HD). `mpp`, `coord_scale` and `images` are per-section overrides; sections already done are skipped
+    unless `overwrite`.
     `workers > 1` prepares sections in parallel processes; `shard="i/n"` takes every n-th section from the i-th.
     With `progress`, each section's image, um/px and resampling factor and, once done, its share of spots on tissue
     are reported on stderr. Patches enlarged more than 4x from the image draw a warning (they hold little detail).
     """
     _check_compression(compression)
+    if spot_um is None:  # the format's default: the paper's 154.6 um, or following the spot size (Visium HD)
+        spot_um = get_reader(fmt).spot_um(dict(reader_options or {}))
     if spot_px < 2 or spot_um <= 0 or region_factor < 1:
         got = f"{spot_px}, {spot_um}, {region_factor}"
         raise ConfigError(f"need spot_px >= 2, spot_um > 0, region_factor >= 1 (got {got})")

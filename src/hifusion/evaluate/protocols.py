@@ -70,7 +70,7 @@ def ensure_cache(data_cfg: DataConfig, *, progress: bool = True) -> Path:
         spot_um=p.spot_um, spot_px=p.spot_px, region_factor=p.region_factor,
         mpp=p.mpp or None, coord_scale=p.coord_scale or None, images=p.image or None,
         allow_background=p.allow_background, compression=None if p.compression == "none" else p.compression,
-        overwrite=False, progress=progress,
+        overwrite=False, progress=progress, reader_options=p.reader_options(),
     )
     return cache
 
@@ -94,15 +94,20 @@ def _load_predictions(path: Path) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-def prediction_adata(data: Any, section: str, pred: np.ndarray) -> Any:
-    """Predictions of one section as AnnData with the spatial layout of the source, so scanpy plots it as is."""
+def prediction_adata(data: Any, section: str, pred: np.ndarray, info: dict[str, Any] | None = None) -> Any:
+    """Predictions of one section as AnnData with the spatial layout of the source, so scanpy plots it as is: the
+    prediction in X and layers['predicted'], the measured label in layers['truth'], provenance in uns['hifusion']."""
     import anndata as ad
+
+    from hifusion.predict.outputs import label_unit, set_prediction
 
     src = data.adatas[section]
     rows = data.rows[section]
-    out = ad.AnnData(X=pred.astype(np.float32), obs=src.obs.iloc[rows].copy(),
-                     var=pd.DataFrame(index=pd.Index(data.panel, name="gene")))
-    out.layers["truth"] = data.labels[section].astype(np.float32)
+    out = ad.AnnData(obs=src.obs.iloc[rows].copy(), var=pd.DataFrame(index=pd.Index(data.panel, name="gene")))
+    mpp = src.uns.get(C.UNS_HIFUSION, {}).get("mpp")
+    set_prediction(out, pred, {C.UNS_UNIT: label_unit(data.label), "label": data.label, "section": section,
+                               "mpp": None if mpp is None else float(mpp), **(info or {})})
+    out.layers[C.LAYER_TRUTH] = data.labels[section].astype(np.float32)
     out.obsm[C.OBSM_SPATIAL] = np.asarray(src.obsm[C.OBSM_SPATIAL])[rows]
     if C.UNS_SPATIAL in src.uns:
         from hifusion.data.sectionmeta import spatial_uns
@@ -110,6 +115,23 @@ def prediction_adata(data: Any, section: str, pred: np.ndarray) -> Any:
         out.uns[C.UNS_SPATIAL] = spatial_uns(src)  # with the H&E thumbnail, re-read from the cache if dropped
     out.uns["label_transform"] = data.label
     return out
+
+
+def write_prediction_zarr(adata: Any, path: Path) -> Path:
+    """A benchmark prediction as SpatialData: the cache's H&E thumbnail, spots at their diameter, in microns."""
+    from hifusion.predict.spatialdata import build_spatialdata, write_spatialdata
+
+    lib = next(iter(adata.uns.get(C.UNS_SPATIAL) or {}), None)
+    mpp = adata.uns[C.UNS_HIFUSION].get("mpp")
+    if lib is None or mpp is None:
+        raise ConfigError("SpatialData output needs the section's image and um/px in the cache; prepare it again",
+                          path)
+    spatial = adata.uns[C.UNS_SPATIAL][lib]
+    scalef = float(spatial["scalefactors"][C.UNS_HIRES_SCALEF])
+    diameter_um = float(spatial["scalefactors"][C.UNS_SPOT_DIAMETER]) * float(mpp)
+    sdata = build_spatialdata(adata, spatial["images"][C.UNS_HIRES], float(mpp) / scalef,
+                              np.asarray(adata.obsm[C.OBSM_SPATIAL]) * float(mpp), diameter_um)
+    return write_spatialdata(sdata, path)
 
 
 def _join_variants(variant_preds: dict[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -166,7 +188,8 @@ def _fit_members(m: ModelConfig, train_cfg: Any, data: Any, mdir: Path, resume: 
 
 
 def _score(out: Path, data: Any, split: str, section: str, label: str, pred: np.ndarray,
-           metric_rows: list[dict[str, Any]], gene_frames: list[pd.DataFrame], per_split: bool = False) -> None:
+           metric_rows: list[dict[str, Any]], gene_frames: list[pd.DataFrame], per_split: bool = False,
+           info: dict[str, Any] | None = None, spatialdata: bool = False) -> None:
     """Score one model's predictions of one test section; write them as AnnData beside the tables
     (`predictions/<model>/<section>.h5ad`, or `.../<split>/<section>.h5ad` when the protocol tests the section in
     several splits, as the rotation does)."""
@@ -183,8 +206,11 @@ def _score(out: Path, data: Any, split: str, section: str, label: str, pred: np.
     gene_frames.append(g)
     pdir = out / "predictions" / label / (split if per_split else "")
     pdir.mkdir(parents=True, exist_ok=True)
+    adata = prediction_adata(data, section, pred, {"display": label, "split": split, **(info or {})})
     with atomic_path(pdir / f"{section}{C.H5AD_SUFFIX}") as tmp:
-        prediction_adata(data, section, pred).write_h5ad(tmp)
+        adata.write_h5ad(tmp)
+    if spatialdata:
+        write_prediction_zarr(adata, pdir / f"{section}.zarr")
 
 
 def _score_conventions(data: Any, split: Any, label: str, preds: dict[str, np.ndarray],
@@ -280,6 +306,7 @@ def _run_split(cfg: Config, cache: Path, out: Path, split: Any, models: list[Mod
                repeated: frozenset[str] = frozenset()) -> None:
     """Fit (or read back) and score every model on one split; `repeated`: sections other splits test too."""
     from hifusion.data.splitdata import load_split
+    from hifusion.predict.outputs import provenance
     from hifusion.pretrain.folds import with_pretrained
 
     data = load_split(cache, split, cfg.data, cfg.train.val, seed=cfg.train.seed)
@@ -306,9 +333,11 @@ def _run_split(cfg: Config, cache: Path, out: Path, split: Any, models: list[Mod
         got.timings.append({"model": m.display, "split": split.name, "seconds": info.get("seconds")})
         for vname, preds in variant_preds.items():
             label = m.display if not vname else f"{m.display} [{vname}]"
+            adapt = cfg.adapt if not vname else cfg.adapt_variants[vname]
+            prov = provenance(m.name, data.label, info.get("checkpoint"), adapt.model_dump(mode="json"))
             for s in split.test:
                 _score(out, data, split.name, s, label, preds[s], got.metric_rows, got.gene_frames,
-                       per_split=s in repeated)
+                       per_split=s in repeated, info=prov, spatialdata=cfg.prediction_format == "spatialdata")
                 if not vname:
                     split_preds[s][label] = preds[s]
             _score_conventions(data, split, label, preds, got.convention_rows)

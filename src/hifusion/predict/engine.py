@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from hifusion import __version__
 from hifusion import constants as C
 from hifusion.errors import CheckpointError, ConfigError, InputError
 from hifusion.inference import Predictor, calibration_key, predict_loader
@@ -31,6 +30,8 @@ from hifusion.stain import lab_stats
 
 GRID_KINDS = ("hex", "square")
 CALIBRATE = ("none", "centre", "shrink", "auto")
+OUTPUT_FORMATS = ("h5ad", "spatialdata")
+SD_IMAGE_MAX_SIDE = 4096  # long side of the H&E kept in a SpatialData output (the slide itself may be far larger)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -286,7 +287,13 @@ def shrink_for(module: Any, adabn: bool, tta: bool, smooth_um: float = 0.0, gene
 
 
 def _check_options(grid: str, pitch_um: float | None, batch_size: int, calibrate: str, smooth_um: float = 0.0,
-                   gene_pcs: int = 0) -> None:
+                   gene_pcs: int = 0, fmt: str = "h5ad") -> None:
+    if fmt not in OUTPUT_FORMATS:
+        raise ConfigError(f"output format must be one of {OUTPUT_FORMATS}, got '{fmt}'")
+    if fmt == "spatialdata":  # fail before the model runs, not after
+        from hifusion.predict.spatialdata import require_spatialdata
+
+        require_spatialdata()
     if grid not in GRID_KINDS:
         raise ConfigError(f"grid must be one of {GRID_KINDS}, got '{grid}'")
     if pitch_um is not None and not pitch_um > 0:
@@ -326,6 +333,14 @@ def _choose_spots(s: Slide, m: dict[str, Any], mask: np.ndarray, scalef: float, 
     return coords, barcodes, obs, pitch
 
 
+def _write_zarr(path: Path, adata: Any, he: np.ndarray, he_um: float, coords: np.ndarray, mpp: float,
+                fov_px: float) -> None:
+    """The SpatialData twin of predictions.h5ad: `he` at `he_um` um/px, spots at their field of view, in microns."""
+    from hifusion.predict.spatialdata import build_spatialdata, write_spatialdata
+
+    write_spatialdata(build_spatialdata(adata, he, he_um, np.asarray(coords) * mpp, fov_px * mpp), path)
+
+
 def predict_slide(
     checkpoint: str | Path,
     slide: str | Path,
@@ -347,17 +362,16 @@ def predict_slide(
     calibrate: str = "none",
     smooth_um: float = 0.0,
     gene_pcs: int = 0,
+    fmt: str = "h5ad",
 ) -> Path:
-    """Predict a whole slide and write predictions.h5ad, predictions.csv, maps/<gene>.png and index.html into `out`.
-
-    Spots: a `grid` ('hex' Visium-like or 'square' legacy ST) every `pitch_um` microns (default: twice the spot field
-    of view, see `default_pitch_um`) over the detected tissue, kept where at least `min_tissue` of the spot's field of
-    view is tissue; or the centres of a `spots` CSV (x, y in level-0 pixels, optional barcode). `mpp` (level-0 um/px)
+    """Predict a whole slide: predictions.h5ad, .csv, maps/<gene>.png, index.html (and with `fmt="spatialdata"`
+    predictions.zarr) in `out`. Spots: a `grid` ('hex' Visium-like or 'square' legacy ST) every `pitch_um` microns
+    (default: `default_pitch_um`) over the tissue, kept where at least `min_tissue` of the spot's field of view is
+    tissue; or the centres of a `spots` CSV (x, y in level-0 pixels, optional barcode). `mpp` (level-0 um/px)
     overrides the file's and is required when the file records none. `level` forces a pyramid level (default: the
-    coarsest level at least as fine as the patch scale). Returns the output folder.
-    """
+    coarsest level at least as fine as the patch scale). Returns the output folder."""
     checkpoint, slide_path, out = Path(checkpoint), Path(slide), Path(out)
-    _check_options(grid, pitch_um, batch_size, calibrate, smooth_um, gene_pcs)
+    _check_options(grid, pitch_um, batch_size, calibrate, smooth_um, gene_pcs, fmt)
     module, meta = load_predictor(checkpoint, device)
     m = check_meta(meta, checkpoint)
     panel = m["panel"]
@@ -381,18 +395,17 @@ def predict_slide(
         pred = predict_coords(module, s, coords, batch_size=batch_size, workers=workers, progress=progress,
                               adabn=adabn, tta=tta, calibrate=calibrate, smooth_um=smooth_um, gene_pcs=gene_pcs,
                               gene_axes=axes)
-        info = {
-            "version": __version__, "checkpoint": str(checkpoint), "slide": str(slide_path),
-            "model": meta["model"]["name"], "label": m["label"], "mpp": s.mpp, "mpp_source": s.mpp_source,
+        recipe = {"adabn": adabn, "tta": tta, "calibrate": calibrate, "smooth_um": smooth_um, "gene_pcs": gene_pcs}
+        info = {**outputs.provenance(meta["model"]["name"], m["label"], checkpoint, recipe),
+            "slide": str(slide_path), "mpp": s.mpp, "mpp_source": s.mpp_source,
             "level": s.level, "level_mpp": s.level_mpp,
             "pixel_size": m["pixel_size"], "spot_px": m["spot_px"], "region_px": m["region_px"],
             "spots": "file" if spots is not None else "grid", "spots_file": None if spots is None else str(spots),
             "grid": None if spots is not None else grid, "pitch_um": pitch,
             "min_tissue_fraction": None if spots is not None else float(min_tissue), "n_spots": int(len(coords)),
             "device": str(next(module.parameters()).device),
-            "adabn": adabn, "tta": tta, "calibrate": calibrate, "smooth_um": smooth_um, "gene_pcs": gene_pcs,
-            "stain_normalise": (meta.get("stain") or {}).get("normalise", "none"),
-        }
+            **recipe, "stain_normalise": (meta.get("stain") or {}).get("normalise", "none")}
+        he = s.image.thumbnail(SD_IMAGE_MAX_SIDE) if fmt == "spatialdata" else None
     finally:
         s.close()
 
@@ -400,6 +413,8 @@ def predict_slide(
     out.mkdir(parents=True, exist_ok=True)
     adata = outputs.build_anndata(pred, coords, barcodes, panel, obs, slide_id, thumb, scalef, fov_px, info)
     outputs.write_h5ad(adata, out / outputs.PREDICTIONS_H5AD)
+    if he is not None:
+        _write_zarr(out / C.PREDICTIONS_ZARR, adata, he, s.mpp * width / he.shape[1], coords, s.mpp, fov_px)
     outputs.write_csv(out / outputs.PREDICTIONS_CSV, barcodes, coords, pred, panel)
     maps = outputs.write_maps(out / outputs.MAPS_DIR, show, panel, pred, coords, thumb, scalef, fov_px, m["label"])
     outputs.write_index(out / outputs.INDEX_HTML, maps, {k: v for k, v in info.items() if v is not None})

@@ -38,6 +38,46 @@ def safe_name(gene: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", gene) or "gene"
 
 
+LABEL_UNITS = {
+    "logprop": "logprop: ln((count + 1) / sum over the panel of (count + 1)) per spot, predicted (not measured)",
+    "log1p_cpm": "log1p_cpm: ln(1 + count per 10,000 of the spot's total), predicted (not measured)",
+}
+
+
+def label_unit(label: str) -> str:
+    """The unit of a prediction in words, from the label transform the model was trained on."""
+    return LABEL_UNITS.get(label, f"{label} (the checkpoint's label transform), predicted (not measured)")
+
+
+def checkpoint_sha256(path: str | Path | None) -> str | None:
+    """The SHA-256 recorded beside a checkpoint (written with it), else computed from the file; None without one."""
+    if path is None or not Path(path).is_file():
+        return None
+    from hifusion.checkpoint import HASH_SUFFIX, file_sha256
+
+    sidecar = Path(path).with_name(Path(path).name + HASH_SUFFIX)
+    return sidecar.read_text().strip() if sidecar.is_file() else file_sha256(Path(path))
+
+
+def provenance(model: str, label: str, checkpoint: str | Path | None, recipe: Mapping[str, Any]) -> dict[str, Any]:
+    """What uns['hifusion'] of every prediction file states: unit, model, checkpoint and its hash, recipe, version."""
+    from hifusion import __version__
+
+    return {"model": model, C.UNS_UNIT: label_unit(label), "label": label,
+            "checkpoint": None if checkpoint is None else str(checkpoint),
+            C.UNS_CHECKPOINT_SHA256: checkpoint_sha256(checkpoint),
+            C.UNS_RECIPE: {k: v for k, v in recipe.items() if v is not None}, C.UNS_VERSION: __version__}
+
+
+def set_prediction(adata: Any, pred: np.ndarray, info: Mapping[str, Any]) -> Any:
+    """The prediction in layers['predicted'] and in X (plotting, older code), and uns['hifusion'] = info."""
+    pred = np.asarray(pred, dtype=np.float32)
+    adata.X = pred
+    adata.layers[C.LAYER_PREDICTED] = pred.copy()
+    adata.uns[C.UNS_HIFUSION] = {k: v for k, v in info.items() if v is not None}
+    return adata
+
+
 def build_anndata(
     pred: np.ndarray,
     coords: np.ndarray,
@@ -62,8 +102,7 @@ def build_anndata(
             "scalefactors": {C.UNS_HIRES_SCALEF: float(scalef), C.UNS_SPOT_DIAMETER: float(spot_diameter_px)},
         }
     }
-    adata.uns[C.UNS_HIFUSION] = {k: v for k, v in info.items() if v is not None}
-    return adata
+    return set_prediction(adata, pred, info)
 
 
 def write_h5ad(adata: Any, path: Path) -> Path:

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hifusion.data.readers import h5ad, her2st, stnet, visium
+from hifusion.constants import DEFAULT_SPOT_UM
+from hifusion.data.readers import h5ad, her2st, stnet, visium, visium_hd
 from hifusion.data.section import Section
 from hifusion.errors import ConfigError, InputError
 
@@ -24,10 +25,16 @@ class Reader:
     name: str
     list_sections: Callable[[Path], list[str]]
     read: Callable[..., Section]
+    # patch field of view (um) when the user sets none, from the reader options; None: the paper's DEFAULT_SPOT_UM
+    default_spot_um: Callable[[dict[str, Any] | None], float] | None = None
+
+    def spot_um(self, options: dict[str, Any] | None = None) -> float:
+        return self.default_spot_um(options) if self.default_spot_um is not None else DEFAULT_SPOT_UM
 
 
 READERS: dict[str, Reader] = {
-    m.FORMAT: Reader(m.FORMAT, m.list_sections, m.read) for m in (her2st, stnet, visium, h5ad)
+    m.FORMAT: Reader(m.FORMAT, m.list_sections, m.read, getattr(m, "default_spot_um", None))
+    for m in (her2st, stnet, visium, h5ad, visium_hd)
 }
 
 
