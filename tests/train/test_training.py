@@ -146,3 +146,12 @@ def test_gene_scaled_labels_train_in_z_scores_and_predict_in_label_units(dataset
     np.testing.assert_allclose(again, raw * np.asarray(scale["std"]) + np.asarray(scale["mean"]), rtol=1e-4,
                                atol=1e-4)
     assert abs(float(raw.mean())) < abs(float(again.mean()))  # z-scores sit near 0, labels (log proportions) do not
+
+
+def test_last_batch_of_one_spot_is_held_over(dataset: Path, cache: Path, tmp_path: Path) -> None:
+    """A training set one spot over a multiple of the batch size: BatchNorm cannot train on a batch of one, so that
+    spot waits for the next epoch's shuffle rather than crashing the fit (found on a small Visium HD section)."""
+    from tests.synthetic import GRID
+
+    res = _run(dataset, cache, tmp_path / "run", models=["hifusion"], batch_size=GRID * GRID - 1, epochs=1)
+    assert np.isfinite(res.metrics["value"]).all()

@@ -92,6 +92,9 @@ class ExpressionDataModule(L.LightningDataModule):
         sampler = EpochSampler(len(ds), shuffle=shuffle, seed=self.cfg.seed, rank=rank, world_size=world)
         whole = self.batch_size is None
         workers = min(self.workers, len(ds)) if whole else self.workers
+        # No drop_last (DESIGN section 8), except a last training batch of one spot: BatchNorm cannot normalise a
+        # batch of one in training mode, so that spot waits for the next epoch's shuffle instead of crashing the fit.
+        lone = shuffle and not whole and len(sampler) % self.batch_size == 1
         return torch.utils.data.DataLoader(
             ds,
             batch_size=self.batch_size,
@@ -99,7 +102,7 @@ class ExpressionDataModule(L.LightningDataModule):
             num_workers=workers,
             pin_memory=uses_cuda(self.cfg),  # page-locked buffers only help host-to-GPU copies
             persistent_workers=workers > 0 and not whole,
-            drop_last=False,
+            drop_last=lone,
         )
 
     def train_dataloader(self) -> Any:
