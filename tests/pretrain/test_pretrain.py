@@ -136,3 +136,28 @@ def test_bad_input_is_one_clear_error(case: str, pre_dataset: Path, pre_cache: P
     assert res.code == 2, res.stderr
     assert res.stderr.startswith("error: ") and needle in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert not (out / C.PRETRAIN_WEIGHTS).exists()
+
+
+def test_time_budget_stops_and_writes_weights(pre_dataset: Path, pre_cache: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `minutes` budget ends once one more step would overrun it by more than half a step, and writes the encoder.
+
+    A fake clock (one second per reading) makes the first step leave 2 s elapsed with steps of 2 s against a 2.5 s
+    budget: the inner loop stops there, and the outer loop once spun forever on that (no step, state written, again).
+    """
+    import threading
+
+    from hifusion.config import load_config
+    from hifusion.pretrain import loop
+    from hifusion.pretrain.command import pretrain_command
+
+    cfg = load_config(pretrain_config(tmp_path / "c.yaml", pre_dataset, pre_cache, epochs=None, minutes=2.5 / 60))
+    ticks = iter(range(10**9))
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: float(next(ticks)))
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (pretrain_command(pre_cache, ["P1"], cfg.pretrain, tmp_path / "out",
+                                                               progress=False), done.set()), daemon=True)
+    worker.start()
+    worker.join(timeout=120)
+    assert done.is_set(), "a time-budgeted pretraining did not stop"
+    assert loop.read_pretrain_meta(tmp_path / "out" / C.PRETRAIN_WEIGHTS)["steps"] >= 1

@@ -170,7 +170,9 @@ class _Run:
     def train(self, progress: bool) -> None:
         epochs = self.cfg.planned_epochs
         t_last, t0, elapsed0, step_s = time.perf_counter(), time.perf_counter(), self.pos.elapsed, 0.0
-        while (epochs is None or self.pos.epoch < epochs) and not self.out_of_time():
+        # the outer test uses the last step's duration too: with only `elapsed >= budget` it would spin forever once
+        # the inner loop stops half a step short of the budget (no step taken, state written, again)
+        while (epochs is None or self.pos.epoch < epochs) and not self.out_of_time(step_s):
             perm = np.random.default_rng([self.cfg.seed, self.pos.epoch]).permutation(len(self.tiles))
             while self.pos.step_in_epoch < self.steps_per_epoch and not self.out_of_time(step_s):
                 i, t_step = self.pos.step_in_epoch, time.perf_counter()
