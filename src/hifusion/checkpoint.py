@@ -43,12 +43,24 @@ def tensors_sha256(state: dict[str, torch.Tensor]) -> str:
 
 
 def write_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> None:
-    """Write to a temporary file, record its SHA-256 beside it, then rename: a crash never leaves half a file."""
+    """Write to a temporary file, record its SHA-256 beside it, then rename: a crash never leaves half a file.
+
+    Two files cannot be renamed at once, so while the new file replaces the old one the sidecar lists both digests
+    (new first); it lists the new one alone once the rename is done. A kill at any point leaves a checkpoint whose
+    digest the sidecar lists, so a resume after a crash never finds a mismatch it cannot explain."""
     path = Path(path)
+    sidecar = path.with_name(path.name + HASH_SUFFIX)
+    old = recorded_digests(sidecar) if path.is_file() else []
     with atomic_path(path) as tmp:
         torch.save(checkpoint, tmp)
         digest = file_sha256(tmp)
-    atomic_write_text(path.with_name(path.name + HASH_SUFFIX), digest + "\n")
+        atomic_write_text(sidecar, "\n".join([digest, *old]) + "\n")
+    atomic_write_text(sidecar, digest + "\n")
+
+
+def recorded_digests(sidecar: Path) -> list[str]:
+    """The digests a sidecar lists (the current file's first); none when there is no sidecar."""
+    return [line.strip() for line in sidecar.read_text().splitlines() if line.strip()] if sidecar.is_file() else []
 
 
 def save_model_checkpoint(model: torch.nn.Module, meta: dict[str, Any], path: Path) -> Path:
@@ -65,10 +77,9 @@ def verify_checkpoint(path: str | Path) -> None:
     if not path.is_file():
         raise CheckpointError("checkpoint not found", path)
     sidecar = path.with_name(path.name + HASH_SUFFIX)
-    if sidecar.exists():
-        expected = sidecar.read_text().strip()
-        if expected and file_sha256(path) != expected:
-            raise CheckpointError("checkpoint does not match its recorded SHA-256 (corrupt or modified)", path)
+    expected = recorded_digests(sidecar)
+    if expected and file_sha256(path) not in expected:
+        raise CheckpointError("checkpoint does not match its recorded SHA-256 (corrupt or modified)", path)
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -53,10 +53,10 @@ def checkpoint_sha256(path: str | Path | None) -> str | None:
     """The SHA-256 recorded beside a checkpoint (written with it), else computed from the file; None without one."""
     if path is None or not Path(path).is_file():
         return None
-    from hifusion.checkpoint import HASH_SUFFIX, file_sha256
+    from hifusion.checkpoint import HASH_SUFFIX, file_sha256, recorded_digests
 
-    sidecar = Path(path).with_name(Path(path).name + HASH_SUFFIX)
-    return sidecar.read_text().strip() if sidecar.is_file() else file_sha256(Path(path))
+    listed = recorded_digests(Path(path).with_name(Path(path).name + HASH_SUFFIX))
+    return listed[0] if len(listed) == 1 else file_sha256(Path(path))
 
 
 def provenance(model: str, label: str, checkpoint: str | Path | None, recipe: Mapping[str, Any]) -> dict[str, Any]:
