@@ -333,7 +333,8 @@ def _run_split(cfg: Config, cache: Path, out: Path, split: Any, models: list[Mod
         got.timings.append({"model": m.display, "split": split.name, "seconds": info.get("seconds")})
         for vname, preds in variant_preds.items():
             label = m.display if not vname else f"{m.display} [{vname}]"
-            adapt = cfg.adapt if not vname else cfg.adapt_variants[vname]
+            # the test-selected row is scored under the main recipe (it is the same model at another epoch)
+            adapt = cfg.adapt_variants[vname] if vname and vname != C.FLATTERING_VARIANT else cfg.adapt
             prov = provenance(m.name, data.label, info.get("checkpoint"), adapt.model_dump(mode="json"))
             for s in split.test:
                 _score(out, data, split.name, s, label, preds[s], got.metric_rows, got.gene_frames,
