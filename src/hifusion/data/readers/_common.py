@@ -104,3 +104,25 @@ def join_spots(count_index: pd.Index, spot_index: pd.Index, counts_path: Path, s
             counts_path,
         )
     return np.flatnonzero(keep)
+
+
+def outs_folder(folder: Path, marker: str) -> Path | None:
+    """The Space Ranger `outs` folder at or under `folder`: the first of the two that holds `marker` (a file or
+    folder name, e.g. the feature matrix or `binned_outputs`)."""
+    for cand in (folder, folder / "outs"):
+        if (cand / marker).exists():
+            return cand
+    return None
+
+
+def space_ranger_sections(root: Path, marker: str, what: str) -> list[str]:
+    """One section when root is a Space Ranger output (named after the folder holding `outs/`); else every
+    sub-folder that is one. `what` names the output in the error when there is none."""
+    root = Path(root)
+    if outs_folder(root, marker) is not None:
+        return [root.parent.name if root.name == "outs" else root.name]
+    found = sorted(p.name for p in root.iterdir() if p.is_dir() and outs_folder(p, marker) is not None) \
+        if root.is_dir() else []
+    if not found:
+        raise InputError(f"no {what} found (expected {marker} in outs/)", root)
+    return found

@@ -29,7 +29,7 @@ from hifusion.constants import (
     VISIUM_SPATIAL_DIR,
     VISIUM_SPOT_DIAMETER_UM,
 )
-from hifusion.data.readers._common import IMAGE_SUFFIXES, join_spots, read_table
+from hifusion.data.readers._common import IMAGE_SUFFIXES, join_spots, outs_folder, read_table, space_ranger_sections
 from hifusion.data.section import Section
 from hifusion.errors import InputError
 
@@ -39,21 +39,12 @@ POSITION_COLUMNS = ["barcode", "in_tissue", "array_row", "array_col", "pxl_row_i
 
 def _outs(folder: Path) -> Path | None:
     """The Space Ranger outs folder at or under `folder`, if any."""
-    for cand in (folder, folder / "outs"):
-        if (cand / VISIUM_MATRIX_H5).is_file():
-            return cand
-    return None
+    return outs_folder(folder, VISIUM_MATRIX_H5)
 
 
 def list_sections(root: Path) -> list[str]:
     """One section when root is a Space Ranger output; else every sub-folder that is one."""
-    root = Path(root)
-    if _outs(root) is not None:
-        return [root.parent.name if root.name == "outs" else root.name]
-    found = sorted(p.name for p in root.iterdir() if p.is_dir() and _outs(p) is not None) if root.is_dir() else []
-    if not found:
-        raise InputError(f"no Space Ranger output found (expected {VISIUM_MATRIX_H5} in outs/)", root)
-    return found
+    return space_ranger_sections(root, VISIUM_MATRIX_H5, "Space Ranger output")
 
 
 def _section_outs(root: Path, section: str) -> Path:

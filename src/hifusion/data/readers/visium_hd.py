@@ -27,7 +27,7 @@ import pandas as pd
 
 from hifusion import constants as C
 from hifusion.data.pseudospots import check_grid, disc_grid
-from hifusion.data.readers._common import join_spots
+from hifusion.data.readers._common import join_spots, outs_folder, space_ranger_sections
 from hifusion.data.readers.visium import POSITION_COLUMNS, find_image, image_scale, read_10x_h5
 from hifusion.data.section import Section
 from hifusion.errors import ConfigError, InputError
@@ -78,21 +78,12 @@ def default_spot_um(options: dict[str, Any] | None) -> float:
 
 
 def _outs(folder: Path) -> Path | None:
-    for cand in (folder, folder / "outs"):
-        if (cand / C.VISIUM_HD_BINNED_DIR).is_dir():
-            return cand
-    return None
+    return outs_folder(folder, C.VISIUM_HD_BINNED_DIR)
 
 
 def list_sections(root: Path) -> list[str]:
     """One section when root is a Space Ranger HD output; else every sub-folder that is one."""
-    root = Path(root)
-    if _outs(root) is not None:
-        return [root.parent.name if root.name == "outs" else root.name]
-    found = sorted(p.name for p in root.iterdir() if p.is_dir() and _outs(p) is not None) if root.is_dir() else []
-    if not found:
-        raise InputError(f"no Visium HD output found (expected outs/{C.VISIUM_HD_BINNED_DIR}/)", root)
-    return found
+    return space_ranger_sections(root, C.VISIUM_HD_BINNED_DIR, "Visium HD output")
 
 
 def bin_folder(root: Path, section: str, bin_um: int) -> tuple[Path, Path]:
