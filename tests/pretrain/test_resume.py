@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +9,7 @@ import torch
 
 from hifusion import constants as C
 from tests.pretrain.conftest import pretrain_config
-from tests.robustness.helpers import run_inprocess
+from tests.robustness.helpers import run_inprocess, sigkill_when
 
 EPOCHS = 4
 
@@ -27,26 +22,7 @@ def _rows(out: Path) -> int:
 
 
 def _kill_after_two_epochs(args: list[str], out: Path, timeout: float = 240) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "hifusion.cli", *args], env={**os.environ, "HIFUSION_PROGRESS": "0"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(f"pretraining ended (exit {proc.returncode}) before it was killed: {proc.stderr.read()}")
-            if _rows(out) >= 2 and (out / C.PRETRAIN_STATE).is_file():
-                os.kill(proc.pid, signal.SIGKILL)
-                break
-            time.sleep(0.02)
-        else:
-            pytest.fail("pretraining did not reach epoch 2 in time")
-        assert proc.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
+    sigkill_when(args, lambda: _rows(out) >= 2 and (out / C.PRETRAIN_STATE).is_file(), "pretraining", timeout)
 
 
 def test_sigkill_then_resume_gives_identical_weights(pre_dataset: Path, pre_cache: Path, tmp_path: Path,

@@ -7,8 +7,11 @@ case is a small edit of a good folder.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,3 +167,28 @@ def write_config(path: Path, data: dict) -> Path:
 def last_checkpoint(run: Path) -> Path:
     """The HiFusion `last.ckpt` of a results folder made with the tiny config's fixed protocol."""
     return run / "runs" / "fixed" / "hifusion" / C.CKPT_DIR / C.CKPT_LAST
+
+
+def sigkill_when(args: list[str], ready: Callable[[], bool], what: str, timeout: float = 240) -> None:
+    """Start `hifusion ARGS` in a fresh process and SIGKILL it as soon as `ready()` holds (a crash mid-run); fail if
+    it ends first or `ready` never holds within `timeout` seconds. `what` names the run in the failure message."""
+    proc = subprocess.Popen([sys.executable, "-m", "hifusion.cli", *args], env={**os.environ, "HIFUSION_PROGRESS": "0"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"{what} ended (exit {proc.returncode}) before it could be killed: {proc.stderr.read()}")
+            if ready():
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.02)
+        else:
+            pytest.fail(f"{what} did not reach the point to kill it in time")
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr:
+            proc.stderr.close()

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from hifusion import constants as C
-from tests.robustness.helpers import last_checkpoint, run_subprocess, write_config
+from tests.robustness.helpers import last_checkpoint, run_subprocess, sigkill_when, write_config
 from tests.synthetic import tiny_config
 
 EPOCHS = 6
@@ -30,27 +24,7 @@ def _epochs_done(run: Path) -> int:
 
 def _kill_mid_run(args: list[str], run: Path, timeout: float = 240) -> None:
     """Start `hifusion ARGS`, SIGKILL it once epoch >= 1 is logged and a checkpoint exists."""
-    env = {**os.environ, "HIFUSION_PROGRESS": "0"}
-    proc = subprocess.Popen([sys.executable, "-m", "hifusion.cli", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(f"training ended (exit {proc.returncode}) before it could be killed: {proc.stderr.read()}")
-            if _epochs_done(run) >= 2 and last_checkpoint(run).is_file():
-                os.kill(proc.pid, signal.SIGKILL)
-                break
-            time.sleep(0.05)
-        else:
-            pytest.fail("training did not reach epoch 1 in time")
-        assert proc.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
+    sigkill_when(args, lambda: _epochs_done(run) >= 2 and last_checkpoint(run).is_file(), "training", timeout)
 
 
 def test_sigkill_then_resume_matches_uninterrupted(tiny_dataset: Path, tiny_cache: Path, tmp_path: Path) -> None:
