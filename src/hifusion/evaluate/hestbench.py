@@ -61,13 +61,14 @@ class Embedder:
 
 
 def spot_features(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Pooled spot features of a model: its own `features`, else its spot encoder's pooled feature map."""
+    """Pooled spot features of a model: its own `features`, else its spot encoder's embedding (`Encoder.embed`: the
+    pooled map of a CNN, the published rule of a preset)."""
     if callable(getattr(model, "features", None)):
         return model.features(x)
     enc = getattr(model, "spot_encoder", None) or getattr(model, "encoder", None)
-    if not isinstance(enc, torch.nn.Module):
+    if not callable(getattr(enc, "embed", None)):
         raise ConfigError(f"model {type(model).__name__} has no spot encoder to take frozen features from")
-    return enc(x).float().mean(dim=(2, 3))
+    return enc.embed(x).float()
 
 
 def make_embedder(model: str | None, options: dict[str, Any], checkpoint: Path | None, patch_mpp: float,
