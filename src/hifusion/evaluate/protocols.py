@@ -213,15 +213,18 @@ def _score(out: Path, data: Any, split: str, section: str, label: str, pred: np.
         write_prediction_zarr(adata, pdir / f"{section}.zarr")
 
 
-def _score_conventions(data: Any, split: Any, label: str, preds: dict[str, np.ndarray],
+def _most_expressed(data: Any) -> np.ndarray:
+    """The 50 genes with the highest mean training label (TRIPLEX's PCC(M) subset), chosen once per split."""
+    return np.argsort(-data.train_labels().mean(0), kind="stable")[: min(50, len(data.panel))]
+
+
+def _score_conventions(data: Any, split: Any, label: str, preds: dict[str, np.ndarray], heg: np.ndarray,
                        metric_rows: list[dict[str, Any]]) -> None:
     """Published papers' scores of one model on one split's test sections together (`metrics.convention_metrics`),
     as rows of section `report.POOLED` (the fold, not a section). Gene subsets are chosen on training labels."""
     from hifusion.evaluate.report import POOLED
     from hifusion.metrics import convention_metrics
 
-    k = min(50, len(data.panel))
-    heg = np.argsort(-data.train_labels().mean(0), kind="stable")[:k]
     cm = convention_metrics([preds[s] for s in split.test], [data.labels[s] for s in split.test],
                             heg_idx=heg, hvg_idx=data.top50 if len(data.top50) else None)
     metric_rows += [{"model": label, "split": split.name, "section": POOLED, "metric": key, "value": float(v)}
@@ -314,6 +317,7 @@ def _run_split(cfg: Config, cache: Path, out: Path, split: Any, models: list[Mod
     split_preds: dict[str, dict[str, np.ndarray]] = {s: {} for s in split.test}
     by_factor: dict[float, Any] = {}
     weights = _pretrain(cfg, cache, out, split, models, writer, got)
+    heg = _most_expressed(data)
     for m in models:
         factor = (region_factors or {}).get(m.display)
         mdata = data
@@ -341,7 +345,7 @@ def _run_split(cfg: Config, cache: Path, out: Path, split: Any, models: list[Mod
                        per_split=s in repeated, info=prov, spatialdata=cfg.prediction_format == "spatialdata")
                 if not vname:
                     split_preds[s][label] = preds[s]
-            _score_conventions(data, split, label, preds, got.convention_rows)
+            _score_conventions(data, split, label, preds, heg, got.convention_rows)
     for s in split.test[: max(0, MAX_MAP_SECTIONS - len(got.map_inputs))]:  # what a map needs, not the split
         name = f"{s}_{split.name}" if s in repeated else s
         got.map_inputs.append((s, name, data.adatas[s], data.rows[s], data.labels[s], split_preds[s], data.panel,
