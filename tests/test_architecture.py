@@ -206,3 +206,44 @@ def test_no_two_modules_share_a_name() -> None:
     """`data/datasets.py` beside `hifusion/datasets.py` made readers guess which one an import meant."""
     names = [p.name for p in PKG.rglob("*.py") if p.name != "__init__.py"]
     assert sorted({n for n in names if names.count(n) > 1}) == []
+
+
+# The test-time recipe travels as one `hifusion.recipe.Recipe`: only its own module spells two or more of its fields
+# as parameters. `cli.predict` is the one exception: typer reads command-line options from the command's signature,
+# so the options arrive one by one there, and the command turns them into one Recipe at once (`resolve_recipe`).
+RECIPE_FIELDS = frozenset({"adabn", "tta", "calibrate", "smooth_um", "gene_pcs"})
+RECIPE_LOOSE_ALLOWED = {"hifusion.recipe": None, "hifusion.cli": {"predict"}}  # None: every function of the module
+
+
+def loose_recipe_fields(tree: ast.AST) -> list[tuple[str, int, list[str]]]:
+    """(function, line, recipe fields) for every function or lambda taking two or more recipe fields as parameters."""
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            a = node.args
+            params = {p.arg for p in [*a.posonlyargs, *a.args, *a.kwonlyargs]}
+            fields = sorted(params & RECIPE_FIELDS)
+            if len(fields) >= 2:
+                out.append((getattr(node, "name", "<lambda>"), node.lineno, fields))
+    return out
+
+
+def loose_recipe_violations() -> list[str]:
+    bad = []
+    for name, path in modules().items():
+        allowed = RECIPE_LOOSE_ALLOWED.get(name, set())
+        if allowed is None:
+            continue
+        for fn, line, fields in loose_recipe_fields(ast.parse(path.read_text())):
+            if fn not in allowed:
+                bad.append(f"{path.relative_to(SRC)}:{line} {fn} takes recipe fields {fields} loosely: take a Recipe")
+    return bad
+
+
+def test_the_recipe_travels_whole() -> None:
+    assert loose_recipe_violations() == []
+    # the check sees a violation, a nested one included, and lets one field alone pass
+    seen = loose_recipe_fields(ast.parse("def f(x, *, adabn=False, tta=False): pass\n"
+                                         "def g():\n    def h(tta, gene_pcs): pass\n"
+                                         "def k(batch, tta=False): pass\n"))
+    assert [(fn, fields) for fn, _, fields in seen] == [("f", ["adabn", "tta"]), ("h", ["gene_pcs", "tta"])]

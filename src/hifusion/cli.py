@@ -233,14 +233,16 @@ def predict(
 ) -> None:
     """Predict expression over a whole slide: h5ad + CSV + per-gene maps + index.html in OUT."""
     from hifusion.predict import predict_slide
-    from hifusion.predict.engine import resolve_recipe
+    from hifusion.recipe import resolve_recipe
 
-    recipe, source = resolve_recipe(checkpoint, adabn, tta, calibrate, smooth_um, gene_pcs)
+    # typer hands the test-time options over one by one; they become one Recipe here, and only that travels on
+    recipe, source = resolve_recipe(checkpoint, adabn=adabn, tta=tta, calibrate=calibrate, smooth_um=smooth_um,
+                                    gene_pcs=gene_pcs)
     result = predict_slide(
         checkpoint, slide, out, mpp=mpp, spots=spots, grid=grid, pitch_um=pitch_um, genes=_sections(genes),
-        batch_size=batch_size, device=device, progress=True, min_tissue=min_tissue, fmt=fmt, **recipe,
+        batch_size=batch_size, device=device, progress=True, min_tissue=min_tissue, fmt=fmt, recipe=recipe,
     )
-    typer.echo(f"test-time options: {', '.join(f'{k}={v}' for k, v in recipe.items())} ({source})")
+    typer.echo(f"test-time options: {', '.join(f'{k}={v}' for k, v in recipe.to_dict().items())} ({source})")
     typer.echo(f"predictions: {result / 'predictions.h5ad'}  maps: {result / 'index.html'}")
     if fmt == "spatialdata":
         typer.echo(f"SpatialData: {result / 'predictions.zarr'}")

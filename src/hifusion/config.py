@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from hifusion import constants as C
 from hifusion.errors import ConfigError
 from hifusion.model_options import option_problem
+from hifusion.recipe import Recipe
 
 
 class _Strict(BaseModel):
@@ -88,28 +89,14 @@ class StainConfig(_Strict):
     normalise: Literal["none", "reinhard"] = "none"
 
 
-class AdaptConfig(_Strict):
-    """Test-time options: they use the predicted section's images and never its expression.
+class AdaptConfig(Recipe):
+    """A benchmark's test-time options: the fields and checks of `hifusion.recipe.Recipe` (what each option does is
+    documented there), with the benchmark's narrower ranges (no `auto`: the benchmark fits its own calibration)."""
 
-    - adabn: BatchNorm statistics re-estimated on the section's own patches (Li et al., AdaBN);
-    - tta: predictions averaged over the 8 flips/rotations of the square (D4);
-    - calibrate: `centre` sets each gene's section mean to the training mean (the level a slide's stain cannot
-      move); `shrink` also scales the spatial part by one factor fitted on the validation spots (needs train.val);
-    - smooth_um: each spot's prediction averaged with its neighbours' under a Gaussian of this sigma in microns
-      (0: off), applied before calibration; it uses the predictions and the spot layout, never the expression;
-    - gene_pcs: each spot's deviation from the section's mean prediction kept along the top-k co-expression axes of
-      the training labels only (0: off), after smoothing and before calibration.
-    """
-
-    adabn: bool = False
-    tta: bool = False
-    calibrate: Literal["none", "centre", "shrink"] = "none"
-    smooth_um: float = Field(0.0, ge=0.0, le=5000.0)
-    gene_pcs: int = Field(0, ge=0, le=1000)
-
-    @property
-    def plain(self) -> bool:
-        return not (self.adabn or self.tta or self.calibrate != "none" or self.smooth_um > 0 or self.gene_pcs > 0)
+    @model_validator(mode="after")
+    def _benchmark_ranges(self) -> AdaptConfig:
+        self.check_benchmark()
+        return self
 
 
 class DataConfig(_Strict):
@@ -311,12 +298,17 @@ class Config(_Strict):
                 raise ValueError(f"models share the label(s) {dup}; give each a distinct 'label'")
         return v
 
+    @property
+    def recipes(self) -> dict[str, Recipe]:
+        """Every test-time recipe of a benchmark by row name: "" is each model's main row (`adapt`)."""
+        return {"": self.adapt, **self.adapt_variants}
+
     @model_validator(mode="after")
     def _shrink_needs_validation(self) -> Config:
-        for name, a in {"adapt": self.adapt, **{f"adapt_variants.{k}": v for k, v in self.adapt_variants.items()}
-                        }.items():
+        for name, a in self.recipes.items():
             if a.calibrate == "shrink" and self.train.val.mode == "none":
-                raise ValueError(f"{name}.calibrate 'shrink' fits its factor on validation spots: set train.val.mode")
+                key = f"adapt_variants.{name}" if name else "adapt"
+                raise ValueError(f"{key}.calibrate 'shrink' fits its factor on validation spots: set train.val.mode")
         return self
 
     @model_validator(mode="after")

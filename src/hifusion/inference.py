@@ -22,6 +22,7 @@ from hifusion import constants as C
 from hifusion.data.datasets import SectionDataset, SpotDataset
 from hifusion.data.embeddings import embeddings_path, patch_fingerprint, read_embeddings, write_embeddings
 from hifusion.preprocess import D4_SIZE, adabn, d4, input_sources, memory_format, preprocess_images, tta_mean
+from hifusion.recipe import PLAIN, Recipe
 
 Batch = dict[str, torch.Tensor]
 
@@ -139,34 +140,24 @@ def predict_loader(module: Any, loader: Iterable[Batch], *, adabn_batches: Itera
 
 
 def predict_rows(module: Any, patches: Any, rows: np.ndarray, spot_px: int, region_px: int,
-                 batch_size: int = 64, *, stain_src: np.ndarray | None = None, adabn: bool = False,
-                 tta: bool = False) -> np.ndarray:
-    """Predict the given cache rows of one section in order, spot batch by spot batch (eval mode, no augmentation)."""
+                 batch_size: int = 64, *, stain_src: np.ndarray | None = None, recipe: Recipe = PLAIN) -> np.ndarray:
+    """Predict the given cache rows of one section in order, spot batch by spot batch (eval mode, no augmentation),
+    under the recipe's inference part (AdaBN, D4 views)."""
     ds = SpotDataset([patches], [rows], None, spot_px=spot_px, region_px=region_px,
                      stain_stats=None if stain_src is None else [stain_src])
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
-    return predict_loader(module, loader, adabn_batches=loader if adabn else None, tta=tta)
+    return predict_loader(module, loader, adabn_batches=loader if recipe.adabn else None, tta=recipe.tta)
 
 
 def predict_section(module: Any, patches: Any, rows: np.ndarray, coords: np.ndarray, spot_px: int,
-                    region_px: int, *, stain_src: np.ndarray | None = None, adabn: bool = False,
-                    tta: bool = False) -> np.ndarray:
+                    region_px: int, *, stain_src: np.ndarray | None = None, recipe: Recipe = PLAIN) -> np.ndarray:
     """Predict the given rows of one section in one pass (whole-section models): (len(rows), G) float32."""
     used = used_inputs(module.model)
     ds = SectionDataset([patches], [rows], [coords], None, spot_px=spot_px, region_px=region_px,
                         with_region="region" in input_sources(module.meta, used),
                         stain_stats=None if stain_src is None else [stain_src])
     batch = [ds[0]]
-    return predict_loader(module, batch, adabn_batches=batch if adabn else None, tta=tta)
-
-
-def calibration_key(adabn: bool, tta: bool, smooth_um: float = 0.0, gene_pcs: int = 0) -> str:
-    """Key of a shrink factor in `calibration.json`, per set of test-time options (smoothing and the gene
-    projection only when on)."""
-    key = f"adabn={int(bool(adabn))},tta={int(bool(tta))}"
-    if smooth_um:
-        key += f",smooth_um={float(smooth_um):g}"
-    return key if not gene_pcs else f"{key},gene_pcs={int(gene_pcs)}"
+    return predict_loader(module, batch, adabn_batches=batch if recipe.adabn else None, tta=recipe.tta)
 
 
 # ------------------------------------------------------------------------------------- the embedding cache

@@ -30,6 +30,7 @@ from hifusion.predict import (
 )
 from hifusion.predict.slide import PatchStream
 from hifusion.predict.tissue import lattice
+from hifusion.recipe import Recipe
 
 from .slides import PANEL, PIXEL_SIZE, REGION_PX, SPOT_PX, synthetic_slide, write_checkpoint, write_pyramid_tiff
 
@@ -329,7 +330,7 @@ def test_predict_test_time_options_use_the_slide_images_only(tmp_path: Path, pla
     for name, kw in {"plain": {}, "tta": {"tta": True}, "adabn": {"adabn": True},
                      "centre": {"calibrate": "centre"}, "smooth": {"smooth_um": 150.0}}.items():
         out = predict_slide(ckpt, plain_png, tmp_path / name, mpp=1.0, spots=spots, progress=False, device="cpu",
-                            **kw)
+                            recipe=Recipe(**kw))
         runs[name] = ad.read_h5ad(out / "predictions.h5ad")
     np.testing.assert_allclose(runs["plain"].X, plain, atol=1e-5)
     np.testing.assert_allclose(runs["tta"].X, tta, atol=1e-5)
@@ -343,12 +344,14 @@ def test_predict_test_time_options_use_the_slide_images_only(tmp_path: Path, pla
     info = runs["adabn"].uns[C.UNS_HIFUSION]
     assert info["adabn"] and info["stain_normalise"] == "reinhard"
     with pytest.raises(ConfigError, match="calibrate"):
-        predict_slide(ckpt, plain_png, tmp_path / "bad", mpp=1.0, spots=spots, progress=False, calibrate="median")
+        predict_slide(ckpt, plain_png, tmp_path / "bad", mpp=1.0, spots=spots, progress=False,
+                      recipe=Recipe.of(calibrate="median"))
     with pytest.raises(CheckpointError, match="shrink factor"):  # no factor fitted by a benchmark beside it
-        predict_slide(ckpt, plain_png, tmp_path / "bad", mpp=1.0, spots=spots, progress=False, calibrate="shrink")
+        predict_slide(ckpt, plain_png, tmp_path / "bad", mpp=1.0, spots=spots, progress=False,
+                      recipe=Recipe(calibrate="shrink"))
     (ckpt.parent / C.CALIBRATION_JSON).write_text('{"adabn=0,tta=0": 0.25}')
     out = predict_slide(ckpt, plain_png, tmp_path / "shrink", mpp=1.0, spots=spots, progress=False,
-                        calibrate="shrink")
+                        recipe=Recipe(calibrate="shrink"))
     x = ad.read_h5ad(out / "predictions.h5ad").X
     np.testing.assert_allclose(x - x.mean(0), 0.25 * (plain - plain.mean(0)), atol=1e-5)
 
@@ -358,19 +361,19 @@ def test_predict_follows_the_benchmark_recipe_beside_the_checkpoint(tmp_path: Pa
     from typer.testing import CliRunner
 
     from hifusion.cli import app
-    from hifusion.predict.engine import DEFAULT_RECIPE, resolve_recipe
+    from hifusion.recipe import PREDICT_DEFAULTS, resolve_recipe
 
     ckpt = write_checkpoint(tmp_path / "c" / "last.ckpt", seed=3, extra_meta={"train_mean": [0.0] * len(PANEL)})
-    assert resolve_recipe(ckpt) == (DEFAULT_RECIPE, "defaults")
+    assert resolve_recipe(ckpt) == (PREDICT_DEFAULTS, "defaults")
     (ckpt.parent / C.RECIPE_JSON).write_text('{"adabn": false, "tta": true, "calibrate": "none"}')  # pre-smoothing
     recipe, source = resolve_recipe(ckpt)
-    assert recipe == {"adabn": False, "tta": True, "calibrate": "none", "smooth_um": 0.0, "gene_pcs": 0}
+    assert recipe.to_dict() == {"adabn": False, "tta": True, "calibrate": "none", "smooth_um": 0.0, "gene_pcs": 0}
     assert source.endswith(C.RECIPE_JSON)
     (ckpt.parent / C.RECIPE_JSON).write_text('{"adabn": false, "tta": true, "calibrate": "none", "smooth_um": 150}')
-    assert resolve_recipe(ckpt, tta=False)[0] == {"adabn": False, "tta": False, "calibrate": "none", "smooth_um": 150,
-                                                  "gene_pcs": 0}
-    assert resolve_recipe(ckpt, True, False, "centre", 0.0, 0) == (
-        {"adabn": True, "tta": False, "calibrate": "centre", "smooth_um": 0.0, "gene_pcs": 0}, "command line")
+    assert resolve_recipe(ckpt, tta=False)[0].to_dict() == {"adabn": False, "tta": False, "calibrate": "none",
+                                                            "smooth_um": 150, "gene_pcs": 0}
+    assert resolve_recipe(ckpt, adabn=True, tta=False, calibrate="centre", smooth_um=0.0, gene_pcs=0) == (
+        Recipe(adabn=True, calibrate="centre"), "command line")
     spots = write_spots(tmp_path / "spots.csv", np.array([[400.0, 380.0], [300.2, 420.7], [520.0, 300.0]]))
     runner = CliRunner()
     res = runner.invoke(app, ["predict", "--checkpoint", str(ckpt), "--slide", str(plain_png), "--out",
@@ -394,25 +397,29 @@ def test_predict_follows_the_benchmark_recipe_beside_the_checkpoint(tmp_path: Pa
     recipe = {"adabn": False, "tta": False, "calibrate": "none", "smooth_um": 0.0, "gene_pcs": 2,
               C.RECIPE_GENE_AXES: {"panel": list(PANEL), "axes": axes.tolist(), "sd": sd.tolist()}}
     (ckpt.parent / C.RECIPE_JSON).write_text(json.dumps(recipe))
-    assert resolve_recipe(ckpt)[0]["gene_pcs"] == 2
+    assert resolve_recipe(ckpt)[0].gene_pcs == 2
     plain = ad.read_h5ad(tmp_path / "cli" / "predictions.h5ad").X
     out = predict_slide(ckpt, plain_png, tmp_path / "pcs", mpp=1.0, spots=spots, progress=False, device="cpu",
-                        **resolve_recipe(ckpt)[0])
+                        recipe=resolve_recipe(ckpt)[0])
     pcs = ad.read_h5ad(out / "predictions.h5ad")
     np.testing.assert_allclose(pcs.X, project_genes(plain, axes, sd), atol=1e-5)
     np.testing.assert_allclose(pcs.X.mean(0), plain.mean(0), atol=1e-5)  # the slide's level is the model's
     assert pcs.uns[C.UNS_HIFUSION]["gene_pcs"] == 2
     with pytest.raises(CheckpointError, match="stores 2 axes"):
-        predict_slide(ckpt, plain_png, tmp_path / "bad", mpp=1.0, spots=spots, progress=False, gene_pcs=3)
+        predict_slide(ckpt, plain_png, tmp_path / "bad", mpp=1.0, spots=spots, progress=False,
+                      recipe=Recipe(gene_pcs=3))
     recipe[C.RECIPE_GENE_AXES]["panel"] = list(PANEL)[::-1]
     (ckpt.parent / C.RECIPE_JSON).write_text(json.dumps(recipe))
     with pytest.raises(CheckpointError, match="gene panel"):
-        predict_slide(ckpt, plain_png, tmp_path / "bad", mpp=1.0, spots=spots, progress=False, gene_pcs=2)
+        predict_slide(ckpt, plain_png, tmp_path / "bad", mpp=1.0, spots=spots, progress=False,
+                      recipe=Recipe(gene_pcs=2))
     (ckpt.parent / C.RECIPE_JSON).write_text('{"adabn": false, "tta": false, "calibrate": "none"}')
     with pytest.raises(CheckpointError, match="co-expression axes"):
-        predict_slide(ckpt, plain_png, tmp_path / "bad", mpp=1.0, spots=spots, progress=False, gene_pcs=2)
+        predict_slide(ckpt, plain_png, tmp_path / "bad", mpp=1.0, spots=spots, progress=False,
+                      recipe=Recipe(gene_pcs=2))
     with pytest.raises(ConfigError, match="gene_pcs"):
-        predict_slide(ckpt, plain_png, tmp_path / "bad", mpp=1.0, spots=spots, progress=False, gene_pcs=-1)
+        predict_slide(ckpt, plain_png, tmp_path / "bad", mpp=1.0, spots=spots, progress=False,
+                      recipe=Recipe.of(gene_pcs=-1))
 
 
 def test_map_discs_leave_room_between_spots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

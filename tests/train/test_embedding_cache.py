@@ -117,9 +117,11 @@ def test_checkpoint_of_a_cached_run_predicts_alone(runs: dict) -> None:
     from hifusion.data.cache import load_cache
     from hifusion.inference import Predictor, predict_rows
     from hifusion.models.loading import load_checkpoint
+    from hifusion.recipe import Recipe
 
     ckpt = runs["base"] / "second" / "runs" / "fixed" / "linear_probe" / C.CKPT_DIR / C.CKPT_LAST
     model, meta = load_checkpoint(ckpt)
     _, patches = load_cache(runs["cache"], "P2")
-    again = predict_rows(Predictor(model, meta), patches, np.arange(len(patches)), 16, 32, tta=True)
+    again = predict_rows(Predictor(model, meta), patches, np.arange(len(patches)), 16, 32,
+                        recipe=Recipe(tta=True))
     np.testing.assert_allclose(again, runs["second"][0]["P2"], atol=1e-4)

@@ -25,6 +25,7 @@ from hifusion import constants as C
 from hifusion.config import Config, DataConfig, ModelConfig
 from hifusion.errors import ConfigError
 from hifusion.io import atomic_path, atomic_write_text, check_results_folder, make_dir
+from hifusion.recipe import Recipe
 from hifusion.train.distributed import is_global_zero, wait_until
 
 DONE_FILE = "done.json"
@@ -148,7 +149,7 @@ def _split_variants(flat: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarr
 
 
 def _fit_members(m: ModelConfig, train_cfg: Any, data: Any, mdir: Path, resume: bool,
-                 variants: dict[str, Any]) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any]] | None:
+                 variants: dict[str, Recipe]) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any]] | None:
     """Fit a model (or, with `train.ensemble` = n > 1, n seeds of it in `seed<S>/` folders) and predict its test
     sections under every test-time variant; an ensemble averages its members' predictions. None on ranks > 0."""
     from hifusion.train.fit import fit_and_predict, predict_variants, save_recipe
@@ -275,8 +276,7 @@ def _model_predictions(cfg: Config, m: ModelConfig, split: Any, mdata: Any, mdir
     if resume and (mdir / DONE_FILE).exists():
         return _resumed(mdir, split, mdata) if writer else None
     print(f"[hifusion] {split.name}: fitting {m.display} on {', '.join(split.train)}", file=sys.stderr)
-    variants = {"": cfg.adapt, **cfg.adapt_variants}  # "" is each model's main row
-    fitted = _fit_members(m, cfg.train_for(m), mdata, mdir, resume, variants)
+    fitted = _fit_members(m, cfg.train_for(m), mdata, mdir, resume, cfg.recipes)  # "": each model's main row
     if fitted is not None:
         _save_predictions(mdir / PRED_FILE, _join_variants(fitted[0]))
         atomic_write_text(mdir / DONE_FILE, json.dumps(fitted[1], indent=2))

@@ -8,7 +8,6 @@ spot in the patch cache agree. Nothing here imports training code or Lightning.
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -21,15 +20,15 @@ import torch
 
 from hifusion import constants as C
 from hifusion.errors import CheckpointError, ConfigError, InputError
-from hifusion.inference import Predictor, calibration_key, predict_loader
+from hifusion.inference import Predictor, predict_loader
 from hifusion.predict import outputs
 from hifusion.predict.slide import PatchStream, Slide, open_slide
 from hifusion.predict.tissue import DEFAULT_MIN_FRACTION, default_pitch_um, detect_tissue, spot_grid, tissue_fraction
-from hifusion.preprocess import centre_on, project_genes, rescale_warnings, smooth_spatial
+from hifusion.preprocess import rescale_warnings
+from hifusion.recipe import PLAIN, GeneAxes, Recipe, adjust, calibrated, read_gene_axes, resolve_calibration
 from hifusion.stain import lab_stats
 
 GRID_KINDS = ("hex", "square")
-CALIBRATE = ("none", "centre", "shrink", "auto")
 OUTPUT_FORMATS = ("h5ad", "spatialdata")
 SD_IMAGE_MAX_SIDE = 4096  # long side of the H&E kept in a SpatialData output (the slide itself may be far larger)
 
@@ -160,18 +159,15 @@ def _with_source(batches: Iterable[dict[str, torch.Tensor]], source: np.ndarray 
 
 def predict_coords(
     module: Any, slide: Slide, coords: np.ndarray, *, batch_size: int = 64, workers: int | None = None,
-    progress: bool = False, adabn: bool = False, tta: bool = False, calibrate: str = "none",
-    smooth_um: float = 0.0, gene_pcs: int = 0, gene_axes: tuple[np.ndarray, np.ndarray] | None = None,
+    progress: bool = False, recipe: Recipe = PLAIN, gene_axes: GeneAxes | None = None,
     adapt_spots: int = ADAPT_SPOTS,
 ) -> np.ndarray:
-    """Predictions (N, G) for level-0 spot centres, streamed batch by batch from the slide.
+    """Predictions (N, G) for level-0 spot centres, streamed batch by batch from the slide, under a test-time recipe.
 
-    Test-time options use this slide's images only: stain normalisation (when the checkpoint was trained with it)
-    and `adabn` read up to `adapt_spots` of its spots first; `tta` averages the 8 D4 views; `smooth_um` averages
-    each spot with its neighbours (Gaussian sigma in microns, at the slide's level-0 um/px); `gene_pcs` keeps each
-    spot's deviation from the slide's mean along the first `gene_pcs` of `gene_axes` (axes, sd: the training labels'
-    co-expression axes from the recipe); `calibrate='centre'` sets each gene's slide mean to the training mean stored
-    in the checkpoint.
+    The recipe uses this slide's images only: stain normalisation (when the checkpoint was trained with it) and
+    AdaBN read up to `adapt_spots` of its spots first; then the recipe's chain (`hifusion.recipe`), smoothing at the
+    slide's level-0 um/px, projecting on `gene_axes` (the training labels' co-expression axes from recipe.json) and
+    calibrating on the training mean stored in the checkpoint (and the shrink factor beside it).
     """
     meta = module.meta
     device = next(module.parameters()).device
@@ -185,109 +181,17 @@ def predict_coords(
     source = None
     if (meta.get("stain") or {}).get("normalise", "none") != "none":
         source = lab_stats(b["spot"] for b in stream.batches(sample))
-    adabn_batches = _with_source(stream.batches(sample), source) if adabn else None
+    adabn_batches = _with_source(stream.batches(sample), source) if recipe.adabn else None
     batches = _with_source(_progress(stream.batches(coords), len(coords), progress), source)
-    pred = predict_loader(module, batches, adabn_batches=adabn_batches, tta=tta)
-    if smooth_um > 0:
-        pred = smooth_spatial(pred, np.asarray(coords, np.float64) * slide.mpp, smooth_um)
-    if gene_pcs > 0:
-        if gene_axes is None or len(gene_axes[0]) < gene_pcs:
-            raise ConfigError(f"gene_pcs {gene_pcs} needs at least that many co-expression axes from the recipe")
-        pred = project_genes(pred, gene_axes[0][:gene_pcs], gene_axes[1])
-    if calibrate == "auto":  # the benchmark's fitted factor where there is one, else centring alone (if it can)
-        calibrate = ("shrink" if _has_shrink(module, adabn, tta, smooth_um, gene_pcs)
-                     else "centre" if "train_mean" in meta else "none")
-    if calibrate in ("centre", "shrink"):
-        if "train_mean" not in meta:
-            raise CheckpointError(f"calibrate '{calibrate}' needs the training mean, which this checkpoint predates")
-        factor = 1.0 if calibrate == "centre" else shrink_for(module, adabn, tta, smooth_um, gene_pcs)
-        pred = centre_on(pred, np.asarray(meta["train_mean"], np.float64), factor)
-    elif calibrate != "none":
-        raise ConfigError(f"calibrate must be one of {CALIBRATE}, got '{calibrate}'")
-    return pred
-
-
-# What `hifusion predict` does when neither the user nor a benchmark's recipe.json says otherwise.
-DEFAULT_RECIPE = {"adabn": True, "tta": False, "calibrate": "auto", "smooth_um": 0.0, "gene_pcs": 0}
-
-
-def resolve_recipe(checkpoint: str | Path, adabn: bool | None = None, tta: bool | None = None,
-                   calibrate: str | None = None, smooth_um: float | None = None,
-                   gene_pcs: int | None = None) -> tuple[dict[str, Any], str]:
-    """Test-time options for `predict`: those given, else the benchmark's recipe beside the checkpoint, else defaults.
-
-    A model is best predicted the way it was evaluated: a 2D (cross-patient) recipe differs from the within-patient
-    one, and the benchmark that fitted the checkpoint wrote its recipe to `recipe.json`. Returns the options and where
-    the unset ones came from.
-    """
-    path = Path(checkpoint).parent / C.RECIPE_JSON
-    base, source = dict(DEFAULT_RECIPE), "defaults"
-    if path.exists():
-        try:
-            saved = json.loads(path.read_text())
-            base = {"adabn": bool(saved["adabn"]), "tta": bool(saved["tta"]), "calibrate": str(saved["calibrate"]),
-                    "smooth_um": float(saved.get("smooth_um", 0.0)),  # recipes from before smoothing: off
-                    "gene_pcs": int(saved.get("gene_pcs", 0))}
-        except (ValueError, KeyError, TypeError) as e:
-            raise CheckpointError(f"unreadable test-time recipe ({e}); delete it or pass --adabn/--tta/--calibrate",
-                                  path) from e
-        if base["calibrate"] not in CALIBRATE:
-            raise CheckpointError(f"calibrate must be one of {CALIBRATE}, got '{base['calibrate']}'", path)
-        if not 0.0 <= base["smooth_um"] < float("inf"):
-            raise CheckpointError(f"smooth_um must be a finite number >= 0, got {base['smooth_um']}", path)
-        if base["gene_pcs"] < 0:
-            raise CheckpointError(f"gene_pcs must be >= 0, got {base['gene_pcs']}", path)
-        source = str(path)
-    given = {"adabn": adabn, "tta": tta, "calibrate": calibrate, "smooth_um": smooth_um, "gene_pcs": gene_pcs}
-    recipe = {k: base[k] if v is None else v for k, v in given.items()}
-    if all(v is not None for v in given.values()):
-        source = "command line"
-    return recipe, source
-
-
-def read_gene_axes(checkpoint: str | Path, k: int, panel: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """The training labels' co-expression axes a benchmark stored in the recipe beside the checkpoint (first `k`)."""
-    path = Path(checkpoint).parent / C.RECIPE_JSON
-    try:
-        stored = json.loads(path.read_text())[C.RECIPE_GENE_AXES]
-        axes, sd = np.asarray(stored["axes"], np.float64), np.asarray(stored["sd"], np.float64)
-        same_panel = list(stored["panel"]) == list(panel)
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"gene_pcs needs the co-expression axes a benchmark stores in {C.RECIPE_JSON} beside "
-                              f"the checkpoint ({type(e).__name__}: {e}); use --gene-pcs 0", path) from e
-    if not same_panel or axes.ndim != 2 or axes.shape[1] != len(panel) or sd.shape != (len(panel),):
-        raise CheckpointError("the recipe's co-expression axes do not match the checkpoint's gene panel", path)
-    if len(axes) < k:
-        raise CheckpointError(f"gene_pcs {k} asked, but the recipe stores {len(axes)} axes", path)
-    return axes[:k], sd
-
-
-def _has_shrink(module: Any, adabn: bool, tta: bool, smooth_um: float = 0.0, gene_pcs: int = 0) -> bool:
-    try:
-        shrink_for(module, adabn, tta, smooth_um, gene_pcs)
-    except CheckpointError:
-        return False
-    return True
-
-
-def shrink_for(module: Any, adabn: bool, tta: bool, smooth_um: float = 0.0, gene_pcs: int = 0) -> float:
-    """The shrink factor the benchmark fitted on validation spots for this checkpoint and these test-time options."""
+    pred = predict_loader(module, batches, adabn_batches=adabn_batches, tta=recipe.tta)
+    pred = adjust(pred, recipe, lambda: np.asarray(coords, np.float64) * slide.mpp, gene_axes)
     ckpt = getattr(module, "checkpoint_path", None)
-    path = None if ckpt is None else Path(ckpt).parent / C.CALIBRATION_JSON
-    key = calibration_key(adabn, tta, smooth_um, gene_pcs)
-    try:
-        factor = json.loads(path.read_text())[key] if path is not None else None
-    except (OSError, ValueError, KeyError):
-        factor = None
-    if not isinstance(factor, (int, float)) or not 0.0 <= float(factor) <= 1.0:
-        raise CheckpointError(f"calibrate 'shrink' needs a shrink factor for {key} in {C.CALIBRATION_JSON} beside "
-                              "the checkpoint (written by a benchmark with that calibration); use 'centre'",
-                              ckpt)
-    return float(factor)
+    recipe, factor = resolve_calibration(recipe, None if ckpt is None else Path(ckpt).parent, "train_mean" in meta)
+    level = np.asarray(meta["train_mean"], np.float64) if recipe.calibrate != "none" else None
+    return calibrated(pred, recipe, level, factor)
 
 
-def _check_options(grid: str, pitch_um: float | None, batch_size: int, calibrate: str, smooth_um: float = 0.0,
-                   gene_pcs: int = 0, fmt: str = "h5ad") -> None:
+def _check_options(grid: str, pitch_um: float | None, batch_size: int, fmt: str = "h5ad") -> None:
     if fmt not in OUTPUT_FORMATS:
         raise ConfigError(f"output format must be one of {OUTPUT_FORMATS}, got '{fmt}'")
     if fmt == "spatialdata":  # fail before the model runs, not after
@@ -300,12 +204,6 @@ def _check_options(grid: str, pitch_um: float | None, batch_size: int, calibrate
         raise ConfigError(f"pitch must be positive, got {pitch_um} um")
     if batch_size < 1:
         raise ConfigError(f"batch size must be positive, got {batch_size}")
-    if calibrate not in CALIBRATE:
-        raise ConfigError(f"calibrate must be one of {CALIBRATE}, got '{calibrate}'")
-    if not 0.0 <= smooth_um < float("inf"):
-        raise ConfigError(f"smoothing must be a finite number of microns >= 0, got {smooth_um}")
-    if gene_pcs < 0:
-        raise ConfigError(f"gene_pcs must be >= 0 (0 = off), got {gene_pcs}")
 
 
 def _grid_spots(s: Slide, mask: np.ndarray, scalef: float, fov_px: float, pitch: float, grid: str,
@@ -357,11 +255,7 @@ def predict_slide(
     min_tissue: float = DEFAULT_MIN_FRACTION,
     level: int | None = None,
     workers: int | None = None,
-    adabn: bool = False,
-    tta: bool = False,
-    calibrate: str = "none",
-    smooth_um: float = 0.0,
-    gene_pcs: int = 0,
+    recipe: Recipe = PLAIN,
     fmt: str = "h5ad",
 ) -> Path:
     """Predict a whole slide: predictions.h5ad, .csv, maps/<gene>.png, index.html (and with `fmt="spatialdata"`
@@ -369,13 +263,14 @@ def predict_slide(
     (default: `default_pitch_um`) over the tissue, kept where at least `min_tissue` of the spot's field of view is
     tissue; or the centres of a `spots` CSV (x, y in level-0 pixels, optional barcode). `mpp` (level-0 um/px)
     overrides the file's and is required when the file records none. `level` forces a pyramid level (default: the
-    coarsest level at least as fine as the patch scale). Returns the output folder."""
+    coarsest level at least as fine as the patch scale). `recipe`: the test-time options (`hifusion.recipe`; the CLI
+    resolves them with `resolve_recipe`). Returns the output folder."""
     checkpoint, slide_path, out = Path(checkpoint), Path(slide), Path(out)
-    _check_options(grid, pitch_um, batch_size, calibrate, smooth_um, gene_pcs, fmt)
+    _check_options(grid, pitch_um, batch_size, fmt)
     module, meta = load_predictor(checkpoint, device)
     m = check_meta(meta, checkpoint)
     panel = m["panel"]
-    axes = read_gene_axes(checkpoint, gene_pcs, panel) if gene_pcs > 0 else None
+    axes = read_gene_axes(checkpoint.parent, recipe.gene_pcs, panel) if recipe.gene_pcs > 0 else None
     unknown = [g for g in genes or [] if g not in panel]
     if unknown:
         raise ConfigError(f"gene(s) not in the checkpoint's panel of {len(panel)}: {', '.join(unknown)}", checkpoint)
@@ -393,10 +288,8 @@ def predict_slide(
         stream = PatchStream(s, m["pixel_size"], m["spot_px"], m["region_px"], batch_size)
         obs[C.OBS_AT_BORDER] = stream.at_border(coords)
         pred = predict_coords(module, s, coords, batch_size=batch_size, workers=workers, progress=progress,
-                              adabn=adabn, tta=tta, calibrate=calibrate, smooth_um=smooth_um, gene_pcs=gene_pcs,
-                              gene_axes=axes)
-        recipe = {"adabn": adabn, "tta": tta, "calibrate": calibrate, "smooth_um": smooth_um, "gene_pcs": gene_pcs}
-        info = {**outputs.provenance(meta["model"]["name"], m["label"], checkpoint, recipe),
+                              recipe=recipe, gene_axes=axes)
+        info = {**outputs.provenance(meta["model"]["name"], m["label"], checkpoint, recipe.to_dict()),
             "slide": str(slide_path), "mpp": s.mpp, "mpp_source": s.mpp_source,
             "level": s.level, "level_mpp": s.level_mpp,
             "pixel_size": m["pixel_size"], "spot_px": m["spot_px"], "region_px": m["region_px"],
@@ -404,7 +297,7 @@ def predict_slide(
             "grid": None if spots is not None else grid, "pitch_um": pitch,
             "min_tissue_fraction": None if spots is not None else float(min_tissue), "n_spots": int(len(coords)),
             "device": str(next(module.parameters()).device),
-            **recipe, "stain_normalise": (meta.get("stain") or {}).get("normalise", "none")}
+            **recipe.to_dict(), "stain_normalise": (meta.get("stain") or {}).get("normalise", "none")}
         he = s.image.thumbnail(SD_IMAGE_MAX_SIDE) if fmt == "spatialdata" else None
     finally:
         s.close()

@@ -7,24 +7,20 @@ Everything is built before fitting starts (seed, model, threads); how each input
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from hifusion import constants as C
 from hifusion.config import ModelConfig, TrainConfig
 from hifusion.data.splitdata import SplitData
-from hifusion.inference import calibration_key
-from hifusion.io import atomic_write_text
-from hifusion.preprocess import centre_on, gene_axes, project_genes, shrink_factor, smooth_spatial
+from hifusion.preprocess import gene_axes, shrink_factor
+from hifusion.recipe import GeneAxes, Recipe, adjust, calibrated, write_recipe, write_shrink_factor
 from hifusion.train.distributed import is_global_zero
 from hifusion.train.fitters import FitResult, get_fitter
 from hifusion.train.trainer import set_threads
 
-__all__ = ["FitResult", "fit_and_predict", "predict_variants", "save_recipe", "save_shrink_factor", "training_axes"]
+__all__ = ["FitResult", "fit_and_predict", "predict_variants", "save_recipe", "training_axes"]
 
 
 def fit_and_predict(model_cfg: ModelConfig, train_cfg: TrainConfig, data: SplitData, run_dir: Path,
@@ -46,78 +42,58 @@ def fit_and_predict(model_cfg: ModelConfig, train_cfg: TrainConfig, data: SplitD
     return result
 
 
-def save_shrink_factor(ckpt_dir: Path, key: tuple[Any, ...], factor: float) -> None:
-    """Record a shrink factor beside the checkpoints, so `predict --calibrate shrink` applies the same one."""
-    path = ckpt_dir / C.CALIBRATION_JSON
-    data = json.loads(path.read_text()) if path.exists() else {}
-    data[calibration_key(*key)] = float(factor)
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True))
-
-
-def training_axes(data: SplitData, k: int) -> tuple[np.ndarray, np.ndarray]:
+def training_axes(data: SplitData, k: int) -> GeneAxes:
     """Co-expression axes (`preprocess.gene_axes`) of the training spots' labels, section by section."""
-    return gene_axes((data.label_rows(s, r) for s, r in data.train_rows.items()), k)
+    axes, sd = gene_axes((data.label_rows(s, r) for s, r in data.train_rows.items()), k)
+    return GeneAxes(tuple(data.panel), axes, sd)
 
 
-def save_recipe(ckpt_dir: Path, adapt: Any, data: SplitData | None = None) -> None:
-    """Record the test-time recipe the benchmark scored this model under, so `predict` defaults to the same one.
-
-    With `gene_pcs`, the co-expression axes of the training labels go into the recipe too (`predict` has no
-    training labels); JSON keeps every float exactly, so `predict` projects as the benchmark did."""
-    recipe: dict[str, Any] = {"adabn": bool(adapt.adabn), "tta": bool(adapt.tta), "calibrate": str(adapt.calibrate),
-                              "smooth_um": float(adapt.smooth_um), "gene_pcs": int(adapt.gene_pcs)}
-    if adapt.gene_pcs > 0:
-        if data is None:
-            raise ValueError("a recipe with gene_pcs needs the training labels (data) for its axes")
-        axes, sd = training_axes(data, adapt.gene_pcs)
-        recipe[C.RECIPE_GENE_AXES] = {"panel": list(data.panel), "axes": axes.tolist(), "sd": sd.tolist()}
-    atomic_write_text(ckpt_dir / C.RECIPE_JSON, json.dumps(recipe, indent=2, sort_keys=True))
+def save_recipe(ckpt_dir: Path, recipe: Recipe, data: SplitData | None = None) -> None:
+    """Record the test-time recipe the benchmark scored this model under (`recipe.write_recipe`), with the training
+    labels' gene axes when it projects on them."""
+    if recipe.gene_pcs > 0 and data is None:
+        raise ValueError("a recipe with gene_pcs needs the training labels (data) for its axes")
+    write_recipe(ckpt_dir, recipe, training_axes(data, recipe.gene_pcs) if recipe.gene_pcs > 0 else None)
 
 
-def predict_variants(result: FitResult, data: SplitData, variants: dict[str, Any]) -> dict[str, dict[str, np.ndarray]]:
-    """Test predictions of a fitted model under each test-time variant (name -> AdaptConfig): section -> (N, G).
+def predict_variants(result: FitResult, data: SplitData,
+                     variants: dict[str, Recipe]) -> dict[str, dict[str, np.ndarray]]:
+    """Test predictions of a fitted model under each test-time recipe (row name -> Recipe): section -> (N, G).
 
-    Inference runs once per (adabn, tta) pair; smoothing over neighbouring spots, the projection onto the training
-    labels' co-expression axes, then calibration, are applied afterwards. `shrink` fits its factor on the validation
-    spots predicted (smoothed, projected) under the same options; `centre` restores the training mean's level.
+    Inference runs once per inference part (adabn, tta); the recipe's chain (`recipe.adjust`: smoothing, the
+    projection on the training labels' gene axes; then `recipe.calibrated`) is applied afterwards. `shrink` fits its
+    factor on the validation spots predicted and adjusted under the same recipe; `centre` restores the training
+    mean's level.
     """
     if result.predict is None:
         raise ValueError("this fit result holds no predictor")
     level = data.train_labels().mean(0)
-    pcs = max((int(a.gene_pcs) for a in variants.values()), default=0)
-    axes, sd = training_axes(data, pcs) if pcs else (None, None)
+    pcs = max((a.gene_pcs for a in variants.values()), default=0)
+    axes = training_axes(data, pcs) if pcs else None
 
-    def post(section: str, p: np.ndarray, a: Any, rows: np.ndarray | None = None) -> np.ndarray:
-        if a.smooth_um > 0:
-            p = smooth_spatial(p, data.spot_um(section, rows), a.smooth_um)
-        if a.gene_pcs > 0:
-            p = project_genes(p, axes[: a.gene_pcs], sd)
-        return p
+    def post(section: str, p: np.ndarray, a: Recipe, rows: np.ndarray | None = None) -> np.ndarray:
+        return adjust(p, a, lambda: data.spot_um(section, rows), axes)
 
-    raw: dict[tuple[bool, bool], dict[str, np.ndarray]] = {}
-    val_raw: dict[tuple[bool, bool], list[np.ndarray]] = {}
+    raw: dict[Recipe, dict[str, np.ndarray]] = {}
+    val_raw: dict[Recipe, list[np.ndarray]] = {}
     out: dict[str, dict[str, np.ndarray]] = {}
     for name, a in variants.items():
-        key = (bool(a.adabn), bool(a.tta))
+        key = a.inference()
         if key not in raw:
-            if key == (False, False) and result.predictions:
+            if key.plain and result.predictions:
                 raw[key] = dict(result.predictions)
             else:
-                raw[key] = {s: result.predict(s, data.rows[s], *key) for s in data.test_sections}
+                raw[key] = {s: result.predict(s, data.rows[s], key) for s in data.test_sections}
         preds = {s: post(s, p, a) for s, p in raw[key].items()}
-        if a.calibrate == "none":
-            out[name] = preds
-            continue
         factor = 1.0
         if a.calibrate == "shrink":
             vsecs = [s for s in data.val_rows if len(data.val_rows[s])]
             if key not in val_raw:
-                val_raw[key] = [result.predict(s, data.val_rows[s], *key) for s in vsecs]
+                val_raw[key] = [result.predict(s, data.val_rows[s], key) for s in vsecs]
             vpred = [post(s, p, a, data.val_rows[s]) for s, p in zip(vsecs, val_raw[key], strict=True)]
             factor = shrink_factor(vpred, [data.label_rows(s, data.val_rows[s]) for s in vsecs])
             result.info[f"shrink_factor[{name}]"] = factor
             if result.checkpoint is not None:
-                save_shrink_factor(Path(result.checkpoint).parent, (*key, float(a.smooth_um), int(a.gene_pcs)),
-                                   factor)
-        out[name] = {s: centre_on(p, level, factor) for s, p in preds.items()}
+                write_shrink_factor(Path(result.checkpoint).parent, a, factor)
+        out[name] = {s: calibrated(p, a, level, factor) for s, p in preds.items()}
     return out

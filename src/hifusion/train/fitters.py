@@ -36,12 +36,13 @@ from hifusion.errors import ConfigError
 from hifusion.inference import Predictor, SectionEmbeddings, predict_rows, predict_section, used_inputs
 from hifusion.models.encoders import preset_inputs
 from hifusion.preprocess import has_batchnorm, input_sources, rescale_warnings
+from hifusion.recipe import PLAIN, Recipe
 from hifusion.train.callbacks import TestSelection
 from hifusion.train.module import ExpressionModule, SectionModule
 from hifusion.train.trainer import ExpressionDataModule, run_lightning, uses_cuda
 
-# (section, cache rows, adabn, tta) -> predictions of the fitted model
-RowsPredictor = Callable[[str, np.ndarray, bool, bool], np.ndarray]
+# (section, cache rows, test-time recipe) -> predictions of the fitted model (inference applies AdaBN and D4 views)
+RowsPredictor = Callable[[str, np.ndarray, Recipe], np.ndarray]
 
 
 @dataclass
@@ -158,21 +159,21 @@ def stain_list(data: SplitData, sections: list[str]) -> list[np.ndarray] | None:
 
 # --------------------------------------------------------------------------------------------------- predictors
 def rows_predictor(module: Any, data: SplitData, batch_size: int) -> RowsPredictor:
-    """(section, rows, adabn, tta) -> predictions of a spot-level module on cache rows."""
+    """(section, rows, recipe) -> predictions of a spot-level module on cache rows."""
 
-    def predict(section: str, rows: np.ndarray, adabn: bool = False, tta: bool = False) -> np.ndarray:
+    def predict(section: str, rows: np.ndarray, recipe: Recipe = PLAIN) -> np.ndarray:
         return predict_rows(module, data.patches[section], rows, data.spot_px, data.region_px, batch_size=batch_size,
-                            stain_src=data.stain_source(section), adabn=adabn, tta=tta)
+                            stain_src=data.stain_source(section), recipe=recipe)
 
     return predict
 
 
 def section_predictor(module: Any, data: SplitData) -> RowsPredictor:
-    """(section, rows, adabn, tta) -> predictions of a whole-section module, the rows in one pass."""
+    """(section, rows, recipe) -> predictions of a whole-section module, the rows in one pass."""
 
-    def predict(section: str, rows: np.ndarray, adabn: bool = False, tta: bool = False) -> np.ndarray:
+    def predict(section: str, rows: np.ndarray, recipe: Recipe = PLAIN) -> np.ndarray:
         return predict_section(module, data.patches[section], rows, data.array_coords(section, rows), data.spot_px,
-                               data.region_px, stain_src=data.stain_source(section), adabn=adabn, tta=tta)
+                               data.region_px, stain_src=data.stain_source(section), recipe=recipe)
 
     return predict
 
@@ -184,7 +185,7 @@ def _fit_closed_form(model: torch.nn.Module, model_cfg: ModelConfig, train_cfg: 
     """Estimators fitted in one pass on training labels (and, where they ask for it, training patches)."""
     model.fit(data.train_labels())
 
-    def predict(section: str, rows: np.ndarray, adabn: bool = False, tta: bool = False) -> np.ndarray:
+    def predict(section: str, rows: np.ndarray, recipe: Recipe = PLAIN) -> np.ndarray:
         return np.asarray(model.predict(len(rows)), dtype=np.float32)
 
     preds = {s: predict(s, data.rows[s]) for s in data.test_sections}
@@ -337,10 +338,10 @@ def _fit_features_model(model: torch.nn.Module, model_cfg: ModelConfig, cfg: Tra
     ckpt = save_model_checkpoint(model, meta, run_dir / C.CKPT_DIR / C.CKPT_LAST)
     adapting = rows_predictor(predictor, data, bs)  # AdaBN changes the encoder: its embeddings are not the cached ones
 
-    def predict(section: str, rows: np.ndarray, adabn: bool = False, tta: bool = False) -> np.ndarray:
-        if adabn and getattr(model, "adapts_batchnorm", True) and has_batchnorm(model):
-            return adapting(section, rows, adabn, tta)
-        return emb.predict(section, data.patches[section], rows, stain_src=data.stain_source(section), tta=tta,
+    def predict(section: str, rows: np.ndarray, recipe: Recipe = PLAIN) -> np.ndarray:
+        if recipe.adabn and getattr(model, "adapts_batchnorm", True) and has_batchnorm(model):
+            return adapting(section, rows, recipe)
+        return emb.predict(section, data.patches[section], rows, stain_src=data.stain_source(section), tta=recipe.tta,
                            batch_size=bs)
 
     preds = {s: predict(s, data.rows[s]) for s in data.test_sections}
