@@ -96,6 +96,7 @@ def make_checkpoint(path: Path, n_genes: int = 250) -> Path:
     from hifusion import __version__
     from hifusion import constants as C
     from hifusion.checkpoint import save_model_checkpoint
+    from hifusion.checkpoint_meta import CheckpointMeta
     from hifusion.models import create_model
 
     torch.manual_seed(0)
@@ -107,7 +108,7 @@ def make_checkpoint(path: Path, n_genes: int = 250) -> Path:
         "patch": {"pixel_size": C.DEFAULT_SPOT_UM / C.CPU_SPOT_PX, "spot_px": C.CPU_SPOT_PX,
                   "region_px": 2 * C.CPU_SPOT_PX},
     }
-    return save_model_checkpoint(model, meta, path)
+    return save_model_checkpoint(model, CheckpointMeta.from_dict(meta), path)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -125,10 +126,11 @@ def run(args: argparse.Namespace) -> dict:
         print(f"wrote {slide_path} ({slide_path.stat().st_size / 2**20:.0f} MB) in {time.perf_counter() - t0:.0f} s")
     with tempfile.TemporaryDirectory() as tmp:
         module, meta = load_predictor(make_checkpoint(Path(tmp) / "cpu.ckpt"), args.device)
-    p = meta["patch"]
+    geo = meta.patch
+    p = geo.to_dict()
     res: dict = {"device": str(next(module.parameters()).device), "torch_threads": torch.get_num_threads(),
                  "batch_size": args.batch_size, "slide_px": [SLIDE_W, SLIDE_H], "slide_mpp": SLIDE_MPP,
-                 "patch": p, "model": {"name": "hifusion", **CPU_OPTIONS, "genes": len(meta["panel"])}}
+                 "patch": p, "model": {"name": "hifusion", **CPU_OPTIONS, "genes": len(meta.panel)}}
 
     t0 = time.perf_counter()
     s = open_slide(slide_path, mpp=None, target_mpp=p["pixel_size"])
@@ -145,7 +147,7 @@ def run(args: argparse.Namespace) -> dict:
     res["peak_rss_mb_after_setup"] = round(peak_rss_mb(), 0)
 
     t0 = time.perf_counter()
-    stream = PatchStream(s, p["pixel_size"], p["spot_px"], p["region_px"], args.batch_size, workers=1)
+    stream = PatchStream(s, geo, args.batch_size, workers=1)
     batches = list(stream.batches(coords))  # uint8 patches kept for the model-only phase
     dt = time.perf_counter() - t0
     n_read = sum(len(b["spot"]) for b in batches)

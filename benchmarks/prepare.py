@@ -14,6 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from hifusion.config import PrepareConfig
 from hifusion.data.cache import load_cache
 from hifusion.data.prepare import prepare_sections
 
@@ -40,9 +41,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for s in sections:
             t0 = time.perf_counter()
-            prepare_sections(
-                "her2st", args.root, [s], tmp, spot_px=args.spot_px, compression=args.compression, progress=False
-            )
+            cfg = PrepareConfig(format="her2st", root=args.root, sections=[s], spot_px=args.spot_px,
+                                compression=args.compression or "none")
+            prepare_sections(cfg, tmp, progress=False)
             dt = time.perf_counter() - t0
             adata, patches = load_cache(tmp, s)
             size = sum(p.stat().st_size for p in Path(tmp).glob(f"{s}.*")) / 1e6

@@ -105,13 +105,15 @@ def conv_gflops(device: torch.device, reps: int) -> float:
 
 def build_cache(profile: str, spot_px: int, workdir: Path) -> tuple[Any, str]:
     """Prepare one real section at the profile's scale into a temporary cache; returns (PatchFile, source)."""
+    from hifusion.config import PrepareConfig
     from hifusion.data.cache import load_cache
     from hifusion.data.prepare import prepare_sections
     from hifusion.data.sample import her2st_sample
 
     root = SHARED_HER2ST if (SHARED_HER2ST / "ST-cnts" / "C2.tsv.gz").is_file() else her2st_sample()
     cache = workdir / f"cache_{profile}"
-    prepare_sections("her2st", root, ["C2"], cache, spot_px=spot_px, progress=False)
+    prepare_sections(PrepareConfig(format="her2st", root=root, sections=["C2"], spot_px=spot_px), cache,
+                     progress=False)
     _, patches = load_cache(cache, "C2")
     return patches, f"{root}/C2"
 
@@ -190,13 +192,17 @@ def preprocess(b: dict[str, torch.Tensor], channels_last: bool,
                stain: dict[str, Any] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """What ExpressionModule.preprocess does: uint8 -> per-patch standardised float on the device; with `stain`
     (the checkpoint's stain metadata), Reinhard mapping and colour augmentation first, as in training."""
+    from hifusion.checkpoint_meta import CheckpointMeta
+    from hifusion.geometry import PatchGeometry
     from hifusion.preprocess import normalise_images, preprocess_images
 
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     if stain is not None:
         source = torch.as_tensor(STAIN_SOURCE, dtype=torch.float32).expand(len(b["spot"]), 2, 3)
-        spot, region = preprocess_images([b["spot"], b["region"]], {"normalisation": {"mode": "patch"},
-                                         "stain": stain}, source=source, augment=True, fmt=fmt)
+        side = b["spot"].shape[-1]
+        meta = CheckpointMeta("-", {}, ["-"], PatchGeometry(1.0, side, b["region"].shape[-1]), {"mode": "patch"},
+                              stain=stain)
+        spot, region = preprocess_images([b["spot"], b["region"]], meta, source=source, augment=True, fmt=fmt)
         assert spot is not None and region is not None
         return spot, region
     out = []

@@ -89,3 +89,21 @@ def tiny_config(root: Path, cache: Path, output: Path, **train: object) -> dict:
                                                   "spot_encoder": "resnet10", "region_encoder": "resnet10"}},
         "train": {"epochs": 2, "batch_size": 8, "lr": 1e-3, "seed": 0, "num_workers": 0, **train},
     }
+
+
+_RUN_OPTIONS = ("overwrite", "progress", "workers", "shard")
+
+
+def prepare_cache(fmt: str, root: Path, sections: list[str] | None, out: Path, **kw: object) -> list[Path]:
+    """`data.prepare.prepare_sections` with the prepare options as keywords (those of `config.PrepareConfig`, plus
+    `images` for its `image` and `compression=None` for "none"), the way tests spell them."""
+    from hifusion.config import prepare_config
+    from hifusion.data.prepare import prepare_sections
+
+    run = {k: kw.pop(k) for k in _RUN_OPTIONS if k in kw}
+    if "images" in kw:
+        kw["image"] = kw.pop("images")
+    if "compression" in kw and kw["compression"] is None:
+        kw["compression"] = "none"
+    cfg = prepare_config(format=fmt, root=root, sections=sections, **{k: v for k, v in kw.items() if v is not None})
+    return prepare_sections(cfg, out, **run)

@@ -9,6 +9,8 @@ import pytest
 import torch
 from torch import nn
 
+from hifusion.checkpoint_meta import CheckpointMeta
+from hifusion.geometry import PatchGeometry
 from hifusion.preprocess import (
     adabn,
     centre_on,
@@ -71,16 +73,17 @@ def test_centre_and_shrink() -> None:
 
 def test_preprocess_without_stain_options_is_the_plain_normalisation() -> None:
     x = (torch.rand(2, 3, 8, 8) * 255).to(torch.uint8)
-    meta = {"normalisation": {"mode": "dataset", "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2]},
-            "stain": {"augment": {}, "normalise": "none", "reference": None}}
+    meta = CheckpointMeta("m", {}, ["g"], PatchGeometry(1.0, 8, 8),
+                          {"mode": "dataset", "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2]},
+                          stain={"augment": {}, "normalise": "none", "reference": None})
     (a,) = preprocess_images([x], meta, augment=True)
     assert torch.equal(a, normalise_images(x, "dataset", [0.5, 0.4, 0.3], [0.2, 0.2, 0.2]))
-    meta["stain"]["augment"] = {"brightness": 0.2}
+    meta.stain["augment"] = {"brightness": 0.2}
     torch.manual_seed(1)
     b, c = preprocess_images([x, x], meta, augment=True)
     assert torch.equal(b, c)  # the spot and its region get the same colour draw
     assert not torch.equal(b, a)
-    meta["stain"]["augment"] = {"resolution": 1.5}
+    meta.stain["augment"] = {"resolution": 1.5}
     torch.manual_seed(2)
     d, e = preprocess_images([x, x], meta, augment=True)
     assert torch.equal(d, e) and not torch.equal(d, a)  # one resolution draw per spot too

@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from hifusion.constants import META_INPUTS
+from hifusion.checkpoint_meta import CheckpointMeta
+from hifusion.geometry import PatchGeometry
 from hifusion.preprocess import normalise_images, preprocess_images, rescale_warnings
 
 MEAN, STD = [0.7, 0.6, 0.7], [0.2, 0.25, 0.15]
@@ -18,9 +19,8 @@ def _batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return region[..., 8:24, 8:24].clone(), region  # the spot is the region's centre, as in the cache
 
 
-def _meta(**views: dict) -> dict:
-    return {"normalisation": {"mode": "patch"}, "patch": {"pixel_size": 5.0, "spot_px": 16, "region_px": 32},
-            **({META_INPUTS: views} if views else {})}
+def _meta(**views: dict) -> CheckpointMeta:
+    return CheckpointMeta("tiny", {}, ["g"], PatchGeometry(5.0, 16, 32), {"mode": "patch"}, inputs=views or None)
 
 
 def _view(source: str, crop: int, px: int, mpp: float | None = 2.5) -> dict:

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from hifusion.checkpoint_meta import CheckpointMeta
 from hifusion.constants import CKPT_META_KEY
 from hifusion.errors import CheckpointError
 from hifusion.io import atomic_path, atomic_write_text
@@ -63,11 +64,11 @@ def recorded_digests(sidecar: Path) -> list[str]:
     return [line.strip() for line in sidecar.read_text().splitlines() if line.strip()] if sidecar.is_file() else []
 
 
-def save_model_checkpoint(model: torch.nn.Module, meta: dict[str, Any], path: Path) -> Path:
+def save_model_checkpoint(model: torch.nn.Module, meta: CheckpointMeta, path: Path) -> Path:
     """Weights + metadata in the trainer's checkpoint layout, for models fitted without Lightning."""
     state = {f"{MODEL_PREFIX}{k}": v.detach().cpu() for k, v in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_checkpoint({"state_dict": state, CKPT_META_KEY: meta, "epoch": 0}, path)
+    write_checkpoint({"state_dict": state, CKPT_META_KEY: meta.to_dict(), "epoch": 0}, path)
     return path
 
 
@@ -95,25 +96,29 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+def read_meta(ckpt: dict[str, Any], path: str | Path) -> CheckpointMeta:
+    """The typed metadata of a checkpoint read by `read_checkpoint` (`CheckpointMeta.from_dict` validates it)."""
+    return CheckpointMeta.from_dict(ckpt.get(CKPT_META_KEY), path)
+
+
 def _brief(value: Any) -> str:
     if isinstance(value, list) and len(value) > 4:
         return f"{len(value)} genes: {', '.join(map(str, value[:3]))}, ..."
     return str(value)
 
 
-def check_resumable(path: str | Path, meta: dict[str, Any]) -> None:
+def check_resumable(path: str | Path, meta: CheckpointMeta) -> None:
     """Before resuming: the checkpoint is intact, loads without pickle, and was made for the same model, gene panel,
     label transform and patch scale as the run about to continue (`meta`, see `train.fitters.make_meta`)."""
     ckpt = read_checkpoint(path)
-    old = ckpt.get(CKPT_META_KEY)
-    if not isinstance(old, dict):
+    if not isinstance(ckpt.get(CKPT_META_KEY), dict):
         raise CheckpointError("checkpoint lacks hifusion metadata; cannot resume from it", path)
-    for key, what in (("model", "model"), ("panel", "gene panel"), ("label", "label transform"),
-                      ("patch", "patch scale")):
-        if old.get(key) != meta.get(key):
+    old, new = read_meta(ckpt, path).resume_fields(), meta.resume_fields()
+    for what in old:
+        if old[what] != new[what]:
             raise CheckpointError(
-                f"cannot resume: the checkpoint was made for another {what} ({_brief(old.get(key))}, "
-                f"this run: {_brief(meta.get(key))}); use the original config or a new --out", path)
+                f"cannot resume: the checkpoint was made for another {what} ({_brief(old[what])}, "
+                f"this run: {_brief(new[what])}); use the original config or a new --out", path)
 
 
 def model_state(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -96,19 +96,17 @@ def prepare(
     hd_grid: Annotated[str, typer.Option(help="Visium HD: pseudo-spot grid, hex | square.")] = "hex",
 ) -> None:
     """Read raw ST data, cut spot and region patches at one physical scale, and write the patch cache."""
+    from hifusion.config import prepare_config
     from hifusion.data.prepare import prepare_sections
-    from hifusion.data.sample import her2st_sample
 
-    written = prepare_sections(
-        fmt, root if root is not None else her2st_sample(), _sections(sections), out,
-        spot_um=spot_um, spot_px=spot_px, region_factor=region_factor,
-        mpp=_parse_mapping(mpp, "--mpp") or None, coord_scale=_parse_mapping(coord_scale, "--coord-scale") or None,
-        images=_parse_paths(image, "--image") or None, allow_background=allow_background,
-        compression=None if compression == "none" else compression, overwrite=overwrite, progress=True,
-        workers=workers, shard=shard,
-        reader_options={"hd_spots": {"bin_um": hd_bin_um, "disc_um": hd_disc_um, "pitch_um": hd_pitch_um,
-                                     "grid": hd_grid}} if fmt == "visium_hd" else None,
+    cfg = prepare_config(
+        format=fmt, root=root, sections=_sections(sections), spot_um=spot_um, spot_px=spot_px,
+        region_factor=region_factor, mpp=_parse_mapping(mpp, "--mpp"),
+        coord_scale=_parse_mapping(coord_scale, "--coord-scale"), image=_parse_paths(image, "--image"),
+        allow_background=allow_background, compression=compression,
+        visium_hd={"bin_um": hd_bin_um, "disc_um": hd_disc_um, "pitch_um": hd_pitch_um, "grid": hd_grid},
     )
+    written = prepare_sections(cfg, out, overwrite=overwrite, progress=True, workers=workers, shard=shard)
     typer.echo(f"cache: {out} ({len(written)} section(s))")
 
 
@@ -233,14 +231,15 @@ def predict(
 ) -> None:
     """Predict expression over a whole slide: h5ad + CSV + per-gene maps + index.html in OUT."""
     from hifusion.predict import predict_slide
+    from hifusion.predict.engine import Compute, SpotLayout
     from hifusion.recipe import resolve_recipe
 
     # typer hands the test-time options over one by one; they become one Recipe here, and only that travels on
     recipe, source = resolve_recipe(checkpoint, adabn=adabn, tta=tta, calibrate=calibrate, smooth_um=smooth_um,
                                     gene_pcs=gene_pcs)
     result = predict_slide(
-        checkpoint, slide, out, mpp=mpp, spots=spots, grid=grid, pitch_um=pitch_um, genes=_sections(genes),
-        batch_size=batch_size, device=device, progress=True, min_tissue=min_tissue, fmt=fmt, recipe=recipe,
+        checkpoint, slide, out, mpp=mpp, layout=SpotLayout(spots, grid, pitch_um, min_tissue),
+        compute=Compute(batch_size, device, progress=True), genes=_sections(genes), fmt=fmt, recipe=recipe,
     )
     typer.echo(f"test-time options: {', '.join(f'{k}={v}' for k, v in recipe.to_dict().items())} ({source})")
     typer.echo(f"predictions: {result / 'predictions.h5ad'}  maps: {result / 'index.html'}")
@@ -325,9 +324,9 @@ def hest_bench(
         opts[key.strip()] = yaml.safe_load(value)
     if model is None and checkpoint is None:
         model = "linear_probe"
-    from hifusion.evaluate.hestbench import run_hest_bench
+    from hifusion.evaluate.hestbench import FeatureSource, run_hest_bench
 
-    res = run_hest_bench(root, task, out, model=model, options=opts, checkpoint=checkpoint, gene_list=genes,
+    res = run_hest_bench(root, task, out, FeatureSource(model, opts, checkpoint), gene_list=genes,
                          patch_mpp=patch_mpp, batch_size=batch_size, seed=seed, resume=resume)
     s = res.summary
     folds = ", ".join(f"{f['pearson_mean']:.4f}" for f in s["folds"])

@@ -54,6 +54,14 @@ class PrepareConfig(_Strict):
         return {"hd_spots": self.visium_hd.model_dump()} if self.format == "visium_hd" else None
 
 
+def prepare_config(**values: Any) -> PrepareConfig:
+    """A `PrepareConfig` from command-line values; an invalid one is a ConfigError, as in a YAML config."""
+    try:
+        return PrepareConfig(**values)
+    except ValidationError as exc:
+        raise ConfigError(f"prepare options: {_first_error(exc)}") from exc
+
+
 class GenesConfig(_Strict):
     """Gene panel, always chosen on training sections only."""
 

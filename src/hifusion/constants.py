@@ -128,6 +128,19 @@ CKPT_META_KEY = "hifusion"  # the checkpoint entry holding what prediction needs
 # meta entry (absent unless an encoder is a preset): image input name ('spot', 'region') -> how the cached patch
 # becomes that encoder's input (centre crop, resize, the preset's mean/std); see `models.presets.input_view`
 META_INPUTS = "inputs"
+# the other entries of the checkpoint metadata; read and written by `checkpoint_meta.CheckpointMeta` only
+META_MODEL = "model"  # {"name": registry name, "options": constructor keyword arguments}
+META_MODEL_NAME = "name"
+META_MODEL_OPTIONS = "options"
+META_PANEL = "panel"  # gene names, in the order of the model's outputs
+META_LABEL = "label"  # the label transform (log1p_cpm, ...)
+META_PATCH = "patch"  # the patch geometry, `geometry.PatchGeometry.to_dict`
+META_NORMALISATION = "normalisation"  # {"mode": "patch"} or {"mode": "dataset", "mean", "std"}
+META_STAIN = "stain"  # `stain.stain_meta`: augmentation, normalisation, training reference
+META_TRAIN_MEAN = "train_mean"  # per-gene training label mean (`calibrate: centre`)
+META_VERSION = "version"  # the package version that wrote the checkpoint
+META_TRAIN_SECTIONS = "train_sections"
+META_LABEL_SCALE = "label_scale"  # `train.scale_labels: gene`: {"mean", "std"} per gene
 IMAGE_INPUTS = ("spot", "region")  # the image inputs of a batch, in the order models take them
 
 # ----------------------------------------------------------------------------------------------- prediction files

@@ -19,8 +19,11 @@ import torch
 from torch import nn
 
 from hifusion import constants as C
+from hifusion.checkpoint_meta import CheckpointMeta
+from hifusion.contracts import BatchPredictor, ExpressionModel
 from hifusion.data.datasets import SectionDataset, SpotDataset
 from hifusion.data.embeddings import embeddings_path, patch_fingerprint, read_embeddings, write_embeddings
+from hifusion.geometry import PatchGeometry
 from hifusion.preprocess import D4_SIZE, adabn, d4, input_sources, memory_format, preprocess_images, tta_mean
 from hifusion.recipe import PLAIN, Recipe
 
@@ -32,49 +35,49 @@ def used_inputs(model: nn.Module) -> tuple[str, ...]:
     return ("spot", "region") if getattr(model, "uses_region", True) else ("spot",)
 
 
-def model_inputs(model: nn.Module, meta: dict[str, Any], batch: Batch, *, augment: bool,
+def model_inputs(model: nn.Module, meta: CheckpointMeta, batch: Batch, *, augment: bool,
                  channels_last: bool | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """uint8 batch -> model inputs: preset encoder views, stain normalisation, colour augmentation (when `augment`),
     standardisation.
 
     The region patch is only prepared for models that use it (`uses_region`, default True), and read for others
-    only where a preset encoder's field of view is larger than the spot patch (`meta['inputs']`)."""
+    only where a preset encoder's field of view is larger than the spot patch (`meta.views`)."""
     fmt = memory_format(channels_last, batch["spot"].device)
     used = used_inputs(model)
-    region = batch.get("region") if "region" in input_sources(meta, used) else None
+    region = batch.get("region") if "region" in input_sources(meta.views, used) else None
     spot, region = preprocess_images([batch["spot"], region], meta, source=batch.get("stain_src"), augment=augment,
                                      fmt=fmt, keep=used)
     return spot, region
 
 
-def call_model(model: nn.Module, spot: torch.Tensor, region: torch.Tensor | None, batch: Batch) -> Any:
+def call_model(model: ExpressionModel, spot: torch.Tensor, region: torch.Tensor | None, batch: Batch) -> Any:
     """Call a model the way its input kind needs: whole-section models also receive the array coordinates."""
-    if getattr(model, "input_kind", "spot_region") == "section":
+    if model.input_kind == "section":
         return model(spot, region, batch["coords"])
     return model(spot, region)
 
 
-def _label_scale(meta: dict[str, Any], like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    scale = meta.get("label_scale")
+def _label_scale(meta: CheckpointMeta, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    scale = meta.label_scale
     if not scale:
         return None
     return tuple(torch.as_tensor(scale[k], dtype=like.dtype, device=like.device) for k in ("mean", "std"))
 
 
-def to_label_units(pred: torch.Tensor, meta: dict[str, Any]) -> torch.Tensor:
+def to_label_units(pred: torch.Tensor, meta: CheckpointMeta) -> torch.Tensor:
     """Model outputs in label units: a model trained on gene-standardised labels (`train.scale_labels: gene`, the
     checkpoint's `label_scale`) outputs per-gene z-scores, mapped back here for every prediction path."""
     ms = _label_scale(meta, pred)
     return pred if ms is None else pred * ms[1] + ms[0]
 
 
-def to_model_units(y: torch.Tensor, meta: dict[str, Any]) -> torch.Tensor:
+def to_model_units(y: torch.Tensor, meta: CheckpointMeta) -> torch.Tensor:
     """Labels as the model is trained on them (the inverse of `to_label_units`)."""
     ms = _label_scale(meta, y)
     return y if ms is None else (y - ms[0]) / ms[1]
 
 
-def predict_views(model: nn.Module, meta: dict[str, Any], batch: Batch, spot: torch.Tensor,
+def predict_views(model: ExpressionModel, meta: CheckpointMeta, batch: Batch, spot: torch.Tensor,
                   region: torch.Tensor | None, tta: bool) -> torch.Tensor:
     """Predictions of prepared inputs in label units, averaged over the D4 views when `tta`: the one model call
     that `Predictor` and the Lightning module share."""
@@ -89,7 +92,7 @@ class Predictor(nn.Module):
     attribute are the interface `predict_loader` and `preprocess.adabn` use, which the Lightning module shares.
     """
 
-    def __init__(self, model: nn.Module, meta: dict[str, Any], channels_last: bool | None = True) -> None:
+    def __init__(self, model: nn.Module, meta: CheckpointMeta, channels_last: bool | None = True) -> None:
         super().__init__()
         self.model = model
         self.meta = meta
@@ -105,7 +108,7 @@ class Predictor(nn.Module):
 
 
 @torch.no_grad()
-def predict_loader(module: Any, loader: Iterable[Batch], *, adabn_batches: Iterable[Batch] | None = None,
+def predict_loader(module: BatchPredictor, loader: Iterable[Batch], *, adabn_batches: Iterable[Batch] | None = None,
                    tta: bool = False, features: bool = False, view: int = 0) -> np.ndarray:
     """Run a module (`Predictor` or the Lightning module) over uint8 (spot, region) batches; autocast on CUDA.
 
@@ -139,33 +142,33 @@ def predict_loader(module: Any, loader: Iterable[Batch], *, adabn_batches: Itera
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
-def predict_rows(module: Any, patches: Any, rows: np.ndarray, spot_px: int, region_px: int,
+def predict_rows(module: BatchPredictor, patches: Any, rows: np.ndarray, geometry: PatchGeometry,
                  batch_size: int = 64, *, stain_src: np.ndarray | None = None, recipe: Recipe = PLAIN) -> np.ndarray:
     """Predict the given cache rows of one section in order, spot batch by spot batch (eval mode, no augmentation),
     under the recipe's inference part (AdaBN, D4 views)."""
-    ds = SpotDataset([patches], [rows], None, spot_px=spot_px, region_px=region_px,
+    ds = SpotDataset([patches], [rows], None, spot_px=geometry.spot_px, region_px=geometry.region_px,
                      stain_stats=None if stain_src is None else [stain_src])
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
     return predict_loader(module, loader, adabn_batches=loader if recipe.adabn else None, tta=recipe.tta)
 
 
-def predict_section(module: Any, patches: Any, rows: np.ndarray, coords: np.ndarray, spot_px: int,
-                    region_px: int, *, stain_src: np.ndarray | None = None, recipe: Recipe = PLAIN) -> np.ndarray:
+def predict_section(module: BatchPredictor, patches: Any, rows: np.ndarray, coords: np.ndarray,
+                    geometry: PatchGeometry, *, stain_src: np.ndarray | None = None,
+                    recipe: Recipe = PLAIN) -> np.ndarray:
     """Predict the given rows of one section in one pass (whole-section models): (len(rows), G) float32."""
     used = used_inputs(module.model)
-    ds = SectionDataset([patches], [rows], [coords], None, spot_px=spot_px, region_px=region_px,
-                        with_region="region" in input_sources(module.meta, used),
+    ds = SectionDataset([patches], [rows], [coords], None, spot_px=geometry.spot_px, region_px=geometry.region_px,
+                        with_region="region" in input_sources(module.meta.views, used),
                         stain_stats=None if stain_src is None else [stain_src])
     batch = [ds[0]]
     return predict_loader(module, batch, adabn_batches=batch if recipe.adabn else None, tta=recipe.tta)
 
 
 # ------------------------------------------------------------------------------------- the embedding cache
-# Checkpoint metadata that does not change what reaches the encoder: left out of the embedding key so that every
-# model on the same frozen encoder and preprocessing (any panel, probe size, ridge alpha) shares the embeddings.
-# Everything else in the metadata (normalisation, stain normalisation, patch scale, package version, and whatever
-# later preprocessing records there) is part of the key.
-_NOT_ENCODER_INPUT = frozenset({"train_mean", "model", "panel", "label", "train_sections", "label_scale"})
+# Checkpoint metadata that does not change what reaches the encoder (`CheckpointMeta.encoder_inputs` leaves it out)
+# stays out of the embedding key, so that every model on the same frozen encoder and preprocessing (any panel, probe
+# size, ridge alpha) shares the embeddings. Everything else in the metadata (normalisation, stain normalisation,
+# patch scale, package version, and whatever later preprocessing records there) is part of the key.
 
 
 def embedding_base(module: Predictor) -> dict[str, Any] | None:
@@ -178,9 +181,7 @@ def embedding_base(module: Predictor) -> dict[str, Any] | None:
     if not callable(identity) or not callable(getattr(model, "features", None)):
         return None
     device = next(module.parameters()).device
-    meta = {k: v for k, v in module.meta.items() if k not in _NOT_ENCODER_INPUT}
-    if isinstance(meta.get("stain"), dict):  # augmentation acts in training only, never on an embedding
-        meta["stain"] = {k: v for k, v in meta["stain"].items() if k != "augment"}
+    meta = module.meta.encoder_inputs()
     compute = {"device": device.type, "autocast": device.type == "cuda", "torch": torch.__version__,
                "channels_last": memory_format(module.channels_last, device) == torch.channels_last,
                "batch": C.EMBEDDING_BATCH}
@@ -235,9 +236,9 @@ class SectionEmbeddings:
         return x
 
     def _encode(self, patches: Any, view: int, stain_src: np.ndarray | None) -> np.ndarray:
-        patch = self.module.meta["patch"]
-        ds = SpotDataset([patches], [np.arange(len(patches))], None, spot_px=patch["spot_px"],
-                         region_px=patch["region_px"], stain_stats=None if stain_src is None else [stain_src])
+        patch = self.module.meta.patch
+        ds = SpotDataset([patches], [np.arange(len(patches))], None, spot_px=patch.spot_px,
+                         region_px=patch.region_px, stain_stats=None if stain_src is None else [stain_src])
         loader = torch.utils.data.DataLoader(ds, batch_size=C.EMBEDDING_BATCH, shuffle=False, num_workers=0)
         x = predict_loader(self.module, loader, features=True, view=view)
         return np.ascontiguousarray(x.reshape(len(patches), -1), dtype=np.float32)

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from hifusion import stain
-from hifusion.constants import IMAGE_INPUTS, META_INPUTS
+from hifusion.checkpoint_meta import CheckpointMeta
+from hifusion.constants import IMAGE_INPUTS
 
 D4_SIZE = 8  # the flips and rotations of the square
 
@@ -63,11 +64,10 @@ def encoder_view(x: torch.Tensor, view: Mapping[str, Any]) -> torch.Tensor:
     return F.interpolate(x, size=(px, px), mode="bilinear", align_corners=False, antialias=True)
 
 
-def encoder_views(xs: Sequence[torch.Tensor | None], meta: Mapping[str, Any],
+def encoder_views(xs: Sequence[torch.Tensor | None], views: Mapping[str, Mapping[str, Any]],
                   names: Sequence[str] = IMAGE_INPUTS) -> list[torch.Tensor | None]:
-    """Each named input replaced by its preset view (`meta['inputs']`, taken from the patch it names as source);
-    inputs without a view, and every input of a checkpoint without `inputs`, are left as they are."""
-    views = meta.get(META_INPUTS) or {}
+    """Each named input replaced by its preset view (`CheckpointMeta.views`, taken from the patch it names as
+    source); inputs without a view, and every input of a checkpoint without views, are left as they are."""
     if not views:
         return list(xs)
     by_name = dict(zip(names, xs, strict=True))
@@ -85,15 +85,14 @@ def encoder_views(xs: Sequence[torch.Tensor | None], meta: Mapping[str, Any],
     return out
 
 
-def input_sources(meta: Mapping[str, Any], used: Sequence[str]) -> set[str]:
+def input_sources(views: Mapping[str, Mapping[str, Any]], used: Sequence[str]) -> set[str]:
     """The batch images a model's inputs `used` are made from (a preset view may crop the spot from the region)."""
-    views = meta.get(META_INPUTS) or {}
     return set(used) | {views[n]["source"] for n in used if n in views}
 
 
 def preprocess_images(
     images: Sequence[torch.Tensor | None],
-    meta: Mapping[str, Any],
+    meta: CheckpointMeta,
     *,
     source: torch.Tensor | None = None,
     augment: bool = False,
@@ -109,10 +108,10 @@ def preprocess_images(
     all its images, then standardisation (a preset's own mean/std for its inputs). Without stain options and presets
     this is exactly `normalise_images`.
     """
-    st = meta.get("stain") or {}
+    st = meta.stain or {}
     xs = [None if x is None else x.float().div_(255.0) for x in images]
     names = [*names[: len(xs)], *(f"image{i}" for i in range(len(names), len(xs)))]  # one name per image
-    xs = encoder_views(xs, meta, names)
+    xs = encoder_views(xs, meta.views, names)
     if keep is not None:
         xs = [x if n in keep else None for x, n in zip(xs, names, strict=True)]
     if st.get("normalise", "none") == "reinhard":
@@ -133,20 +132,20 @@ def preprocess_images(
             for x, n in zip(xs, names, strict=True)]
 
 
-def _standardise_input(x: torch.Tensor, meta: Mapping[str, Any], name: str) -> torch.Tensor:
+def _standardise_input(x: torch.Tensor, meta: CheckpointMeta, name: str) -> torch.Tensor:
     """A preset encoder's input with the preset's mean/std; any other input with the run's normalisation."""
-    view = (meta.get(META_INPUTS) or {}).get(name)
+    view = meta.views.get(name)
     if view is not None:
         return standardise(x, "dataset", view["mean"], view["std"])
-    norm = meta["normalisation"]
+    norm = meta.normalisation
     return standardise(x, norm["mode"], norm.get("mean"), norm.get("std"))
 
 
-def rescale_warnings(meta: Mapping[str, Any]) -> list[str]:
+def rescale_warnings(meta: CheckpointMeta) -> list[str]:
     """One line per preset encoder whose inputs are resized from the cache's scale (its um/px named beside the
     cache's): what a run warns once."""
-    views = meta.get(META_INPUTS) or {}
-    pixel_size = float(meta["patch"]["pixel_size"])
+    views = meta.views
+    pixel_size = float(meta.patch.pixel_size)
     out: dict[str, str] = {}
     for view in views.values():
         if view.get("mpp") is None or view["encoder"] in out or int(view["crop_px"]) == int(view["px"]):

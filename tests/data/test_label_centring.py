@@ -8,18 +8,17 @@ import numpy as np
 import pytest
 
 from hifusion.config import DataConfig, ValConfig, parse_config
-from hifusion.data.prepare import prepare_sections
 from hifusion.data.splitdata import load_split
 from hifusion.data.splits import Split
 from hifusion.errors import ConfigError
-from tests.synthetic import tiny_config, write_dataset
+from tests.synthetic import prepare_cache, tiny_config, write_dataset
 
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     raw = write_dataset(tmp_path_factory.mktemp("raw"))
     out = tmp_path_factory.mktemp("cache") / "c"
-    prepare_sections("her2st", raw, None, out, spot_um=80.0, spot_px=16, progress=False)
+    prepare_cache("her2st", raw, None, out, spot_um=80.0, spot_px=16, progress=False)
     return out
 
 

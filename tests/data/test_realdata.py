@@ -9,9 +9,9 @@ import pytest
 
 from hifusion.data.cache import load_cache
 from hifusion.data.genes import select_panel
-from hifusion.data.prepare import prepare_sections
 from hifusion.data.readers import read_section
 from hifusion.data.sample import her2st_sample
+from tests.synthetic import prepare_cache
 
 pytestmark = pytest.mark.realdata
 
@@ -46,7 +46,7 @@ def test_a1_coord_scale(her2st_shared):
 
 def test_prepare_c2_cpu_scale(her2st_shared, tmp_path):
     out = tmp_path / "cache"
-    prepare_sections("her2st", her2st_shared, ["C2"], out, spot_px=112, progress=False)
+    prepare_cache("her2st", her2st_shared, ["C2"], out, spot_px=112, progress=False)
     a, pf = load_cache(out, "C2")
     assert a.n_obs == 187 == len(pf) and a.obs["low_counts"].sum() == 2
     assert pf.get(0).shape == (224, 224, 3) and pf.region_px == 224 and pf.spot_px == 112
@@ -54,7 +54,7 @@ def test_prepare_c2_cpu_scale(her2st_shared, tmp_path):
     assert max(a.uns["spatial"]["C2"]["images"]["hires"].shape) <= 2000
     # the shipped sample is the same data, cropped: same panel, same patches up to JPEG re-encoding
     sample = her2st_sample()
-    prepare_sections("her2st", sample, ["C2"], tmp_path / "sample", spot_px=112, progress=False)
+    prepare_cache("her2st", sample, ["C2"], tmp_path / "sample", spot_px=112, progress=False)
     b, pb = load_cache(tmp_path / "sample", "C2")
     assert select_panel([a], n=250) == select_panel([b], n=250)
     assert (a.obs_names == b.obs_names).all() and b.uns["hifusion"]["mpp"] == pytest.approx(a.uns["hifusion"]["mpp"])

@@ -8,14 +8,13 @@ import numpy as np
 
 from hifusion import constants as C
 from hifusion.data.cache import load_cache
-from hifusion.data.prepare import prepare_sections
 from hifusion.data.sectionmeta import drop_images, spatial_uns, without_counts
-from tests.synthetic import write_dataset
+from tests.synthetic import prepare_cache, write_dataset
 
 
 def test_lean_section_round_trip(tmp_path: Path) -> None:
     root = write_dataset(tmp_path / "raw", sections=("P1",))
-    prepare_sections("her2st", root, ["P1"], tmp_path / "cache", spot_px=16, progress=False)
+    prepare_cache("her2st", root, ["P1"], tmp_path / "cache", spot_px=16, progress=False)
     full, patches = load_cache(tmp_path / "cache", "P1")
     thumb = np.asarray(full.uns[C.UNS_SPATIAL]["P1"]["images"][C.UNS_HIRES])
     scalef = full.uns[C.UNS_SPATIAL]["P1"]["scalefactors"][C.UNS_HIRES_SCALEF]

@@ -14,10 +14,10 @@ import pytest
 from PIL import Image
 
 from hifusion.data.cache import load_cache
-from hifusion.data.prepare import prepare_sections
 from hifusion.data.readers import list_sections, read_section
 from hifusion.data.readers.visium import read_10x_h5
 from hifusion.errors import InputError
+from tests.synthetic import prepare_cache
 
 pytestmark = pytest.mark.realdata
 SECTION = "visium_scanpy"  # the reader names a Space Ranger folder after the folder holding outs/
@@ -39,10 +39,10 @@ def test_section_name_and_default_image(visium_scanpy):
 
 def test_blank_hires_image_is_refused_by_name(visium_scanpy, tmp_path):
     with pytest.raises(InputError, match="no tissue under the spots") as e:
-        prepare_sections("visium", visium_scanpy, None, tmp_path / "c", **KW)
+        prepare_cache("visium", visium_scanpy, None, tmp_path / "c", **KW)
     assert "tissue_hires_image.png" in str(e.value) and "--allow-background" in str(e.value)
     assert not list((tmp_path / "c").glob("*.h5*"))  # nothing half-written
-    prepare_sections("visium", visium_scanpy, None, tmp_path / "c", allow_background=True, **KW)
+    prepare_cache("visium", visium_scanpy, None, tmp_path / "c", allow_background=True, **KW)
     a, _ = load_cache(tmp_path / "c", SECTION)
     assert not a.obs["on_tissue"].any() and a.uns["hifusion"]["tissue_fraction"] == 0.0
 
@@ -50,7 +50,7 @@ def test_blank_hires_image_is_refused_by_name(visium_scanpy, tmp_path):
 def test_lowres_image_patches_sit_on_their_spots(visium_scanpy, tmp_path):
     out = tmp_path / "c"
     with pytest.warns(UserWarning, match=r"upsampled 9\.9x"):
-        prepare_sections("visium", visium_scanpy, None, out, images={SECTION: _lowres(visium_scanpy)}, **KW)
+        prepare_cache("visium", visium_scanpy, None, out, images={SECTION: _lowres(visium_scanpy)}, **KW)
     a, pf = load_cache(out, SECTION)
     assert a.n_obs == 100 == len(pf) and pf.image_mpp == pytest.approx(MPP_LOWRES) and 13.6 < pf.image_mpp < 13.8
     assert a.obs["on_tissue"].all() and a.uns["hifusion"]["image_kind"] == "lowres"
@@ -92,12 +92,12 @@ def test_h5ad_with_scanpy_images(visium_scanpy, tmp_path):
     a.uns["spatial"] = {"lib": {"images": {"hires": hires, "lowres": lowres}, "scalefactors": sf}}
     a.write_h5ad(tmp_path / "S1.h5ad")
     with pytest.raises(InputError, match=r"no tissue under the spots") as e:
-        prepare_sections("h5ad", tmp_path / "S1.h5ad", None, tmp_path / "c", **KW)
+        prepare_cache("h5ad", tmp_path / "S1.h5ad", None, tmp_path / "c", **KW)
     assert "S1.h5ad" in str(e.value) and "['images']['hires']" in str(e.value)
     del a.uns["spatial"]["lib"]["images"]["hires"]
     a.write_h5ad(tmp_path / "S2.h5ad")
     with pytest.warns(UserWarning, match="upsampled"):
-        prepare_sections("h5ad", tmp_path / "S2.h5ad", None, tmp_path / "c2", **KW)
+        prepare_cache("h5ad", tmp_path / "S2.h5ad", None, tmp_path / "c2", **KW)
     b, pf = load_cache(tmp_path / "c2", "S2")
     assert pf.image_mpp == pytest.approx(MPP_LOWRES) and b.uns["hifusion"]["image_kind"] == "lowres"
     np.testing.assert_allclose(b.obsm["spatial"], a.obsm["spatial"] * sf["tissue_lowres_scalef"])

@@ -63,9 +63,9 @@ def test_checkpoints_predict_alone(bench: tuple[Path, object], name: str) -> Non
     rows = np.arange(36)
     if model_entry(name).input_kind == "section":
         again = predict_section(SectionModule(model, TrainConfig(), meta), patches, rows,
-                                section_array_coords(adata), 16, 32)
+                                section_array_coords(adata), meta.patch)
     else:
-        again = predict_rows(ExpressionModule(model, TrainConfig(), meta), patches, rows, 16, 32)
+        again = predict_rows(ExpressionModule(model, TrainConfig(), meta), patches, rows, meta.patch)
     with np.load(run / PRED_FILE) as z:
         np.testing.assert_allclose(again, z["P2"], atol=1e-4)
 

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from hifusion.errors import CheckpointError, ConfigError
+from hifusion.geometry import PatchGeometry
 from hifusion.models import create_encoder
 from hifusion.models.encoders import Encoder
 from hifusion.models.presets import get_preset, input_view, list_presets
@@ -150,17 +151,17 @@ def test_input_views_follow_the_preset_scale() -> None:
     """At the default cache scale (224 px spot, 448 px region, 0.69 um/px) UNI sees the centre 112 um of the spot
     at 224 px; CONCH's 224 um is wider than the spot, so it is cut from the region; a region view keeps the region's
     field of view at the preset's um/px, in whole ViT patches; an encoder of unknown scale keeps the patch."""
-    geo = {"pixel_size": 0.69, "spot_px": 224, "region_px": 448}
+    geo = PatchGeometry(0.69, 224, 448)
     uni = get_preset("uni")
-    assert input_view(uni, "spot", **geo) | {"mean": 0, "std": 0} == {
+    assert input_view(uni, "spot", geo) | {"mean": 0, "std": 0} == {
         "encoder": "uni", "mpp": 0.5, "mean": 0, "std": 0, "source": "spot", "crop_px": 162, "px": 224}
-    region = input_view(uni, "region", **geo)
+    region = input_view(uni, "region", geo)
     assert (region["source"], region["px"], region["crop_px"]) == ("region", 608, 441)  # 608 = 38 x 16 px
-    conch = input_view(get_preset("conch"), "spot", **geo)
+    conch = input_view(get_preset("conch"), "spot", geo)
     assert (conch["source"], conch["crop_px"], conch["px"]) == ("region", 325, 448)
-    ciga = input_view(get_preset("ciga-resnet18"), "spot", **geo)
+    ciga = input_view(get_preset("ciga-resnet18"), "spot", geo)
     assert (ciga["source"], ciga["crop_px"], ciga["px"], ciga["mpp"]) == ("spot", 224, 224, None)
-    assert input_view(get_preset("h-optimus-0"), "spot", **geo)["mean"] == [0.707223, 0.578729, 0.703617]
+    assert input_view(get_preset("h-optimus-0"), "spot", geo)["mean"] == [0.707223, 0.578729, 0.703617]
 
 
 def test_cli_lists_every_preset() -> None:

@@ -16,6 +16,7 @@ import torch
 from scipy import ndimage
 
 from hifusion import __version__
+from hifusion.predict import Compute
 
 SLIDE_MPP = 0.5
 PANEL = ["ERBB2", "KRT19", "GENE_A", "GENE_B", "GENE_C"]
@@ -24,6 +25,7 @@ TINY_OPTIONS = {
     "spot_encoder": "resnet10", "region_encoder": "resnet10",
 }
 SPOT_PX, REGION_PX, PIXEL_SIZE = 32, 64, 2.0  # 64 um spot field of view, read from level 2 of the pyramid
+CPU = Compute(device="cpu", progress=False)  # how the tests run `predict_slide`
 
 
 @dataclass
@@ -83,6 +85,7 @@ def write_checkpoint(
     extra_meta: dict | None = None,
 ) -> Path:
     """A real checkpoint of a tiny random HiFusion, saved like training saves it (Lightning layout + metadata)."""
+    from hifusion.checkpoint_meta import CheckpointMeta
     from hifusion.config import TrainConfig
     from hifusion.models import create_model
     from hifusion.train.callbacks import AtomicCheckpointIO
@@ -106,7 +109,7 @@ def write_checkpoint(
         "train_sections": ["S1"],
         **(extra_meta or {}),
     }
-    module = ExpressionModule(model, TrainConfig(), meta)
+    module = ExpressionModule(model, TrainConfig(), CheckpointMeta.from_dict(meta))
     state = module.state_dict()
     assert state and all(k.startswith("model.") for k in state)
     AtomicCheckpointIO().save_checkpoint({"state_dict": state, "hifusion": meta}, path)

@@ -15,10 +15,12 @@ from hifusion.checkpoint import file_sha256
 from hifusion.predict import predict_slide
 from hifusion.recipe import Recipe
 
+from .slides import CPU
+
 
 def test_predictions_h5ad_keeps_the_prediction_in_a_named_layer_with_provenance(
         tmp_path: Path, checkpoint: Path, plain_png: Path) -> None:
-    out = predict_slide(checkpoint, plain_png, tmp_path / "pred", mpp=1.0, progress=False, device="cpu",
+    out = predict_slide(checkpoint, plain_png, tmp_path / "pred", compute=CPU, mpp=1.0,
                         recipe=Recipe(smooth_um=50.0))
     a = ad.read_h5ad(out / "predictions.h5ad")
     np.testing.assert_array_equal(a.layers[C.LAYER_PREDICTED], a.X)  # X stays the prediction: older code works
@@ -38,8 +40,7 @@ def test_spatialdata_output_reads_back_and_renders(tmp_path: Path, checkpoint: P
     import matplotlib.pyplot as plt
     from spatialdata.transformations import get_transformation
 
-    out = predict_slide(checkpoint, plain_png, tmp_path / "pred", mpp=1.0, progress=False, device="cpu",
-                        fmt="spatialdata")
+    out = predict_slide(checkpoint, plain_png, tmp_path / "pred", compute=CPU, mpp=1.0, fmt="spatialdata")
     a = ad.read_h5ad(out / "predictions.h5ad")
     sdata = sd.read_zarr(out / C.PREDICTIONS_ZARR)
     assert set(sdata.images) == {C.SD_IMAGE} and set(sdata.shapes) == {C.SD_SPOTS}

@@ -19,7 +19,10 @@ from hifusion import constants as C
 from hifusion.data.image import OpenSlideImage, TiffImage, level_image, level_sizes, open_image
 from hifusion.data.patches import extract_patch, spot_from_region
 from hifusion.errors import CheckpointError, ConfigError, HifusionError, InputError
+from hifusion.geometry import PatchGeometry
 from hifusion.predict import (
+    Compute,
+    SpotLayout,
     choose_level,
     default_pitch_um,
     detect_tissue,
@@ -32,20 +35,20 @@ from hifusion.predict.slide import PatchStream
 from hifusion.predict.tissue import lattice
 from hifusion.recipe import Recipe
 
-from .slides import PANEL, PIXEL_SIZE, REGION_PX, SPOT_PX, synthetic_slide, write_checkpoint, write_pyramid_tiff
+from .slides import CPU, PANEL, PIXEL_SIZE, REGION_PX, SPOT_PX, synthetic_slide, write_checkpoint, write_pyramid_tiff
 
 
 def reference_predictions(ckpt: Path, image_path: Path, coords: np.ndarray, image_mpp: float,
                           level: int = 0) -> np.ndarray:
     """What the cache path gives: `extract_patch` region patches, centre spot crops, the module's preprocess."""
     module, meta = load_predictor(ckpt, "cpu")
-    p = meta["patch"]
+    p = meta.patch
     with open_image(image_path) as img:
         view = level_image(img, level)
         ds = img.size[0] / view.size[0]
-        regions = np.stack([extract_patch(view, c / ds, p["region_px"], p["pixel_size"], image_mpp * ds)[0]
+        regions = np.stack([extract_patch(view, c / ds, p.region_px, p.pixel_size, image_mpp * ds)[0]
                             for c in np.asarray(coords, dtype=np.float64)])
-    spots = spot_from_region(regions, p["spot_px"])
+    spots = spot_from_region(regions, p.spot_px)
     batch = {"spot": torch.from_numpy(np.ascontiguousarray(spots.transpose(0, 3, 1, 2))),
              "region": torch.from_numpy(np.ascontiguousarray(regions.transpose(0, 3, 1, 2)))}
     with torch.no_grad():
@@ -138,7 +141,7 @@ def test_level_patches_match_level0(pyramid_tiff: Path) -> None:
     for level in (0, 2):
         s = open_slide(pyramid_tiff, mpp=None, target_mpp=PIXEL_SIZE, level=level)
         try:
-            stream = PatchStream(s, PIXEL_SIZE, SPOT_PX, REGION_PX, 8)
+            stream = PatchStream(s, PatchGeometry(PIXEL_SIZE, SPOT_PX, REGION_PX), 8)
             out[level] = stream.make_batch(stream.level_centres(coords))
         finally:
             s.close()
@@ -155,7 +158,7 @@ def test_batch_block_read_is_bit_identical(pyramid_tiff: Path) -> None:
     for level in (0, 1):
         s = open_slide(pyramid_tiff, mpp=None, target_mpp=PIXEL_SIZE, level=level)
         try:
-            stream = PatchStream(s, PIXEL_SIZE, SPOT_PX, REGION_PX, 16)
+            stream = PatchStream(s, PatchGeometry(PIXEL_SIZE, SPOT_PX, REGION_PX), 16)
             for coords in groups:
                 centres = stream.level_centres(coords)
                 assert isinstance(block_view(s.view, centres, REGION_PX, PIXEL_SIZE, s.level_mpp), _Block)
@@ -168,7 +171,7 @@ def test_batch_block_read_is_bit_identical(pyramid_tiff: Path) -> None:
 
 # ------------------------------------------------------------------------------------------------------- end to end
 def test_predict_pyramid_end_to_end(tmp_path: Path, checkpoint: Path, pyramid_tiff: Path, slide_data) -> None:
-    out = predict_slide(checkpoint, pyramid_tiff, tmp_path / "pred", progress=False, device="cpu")
+    out = predict_slide(checkpoint, pyramid_tiff, tmp_path / "pred", compute=CPU)
     a = ad.read_h5ad(out / "predictions.h5ad")
     n = a.n_obs
     assert n >= 10 and a.shape == (n, len(PANEL)) and list(a.var_names) == PANEL
@@ -215,8 +218,8 @@ def test_predict_matches_cache_patches_exactly(tmp_path: Path, checkpoint: Path,
     coords = np.array([[820.0, 770.0], [701.4, 655.6], [1000.5, 980.49], [60.0, 40.0], [2040.0, 1530.0]])
     spots = write_spots(tmp_path / "spots.csv", coords, [f"s{i}" for i in range(len(coords))])
     for level, bs, workers in ((0, 64, 1), (None, 2, 2)):  # one batch inline; small batches from two threads
-        out = predict_slide(checkpoint, pyramid_tiff, tmp_path / f"p{level}", spots=spots, level=level,
-                            progress=False, device="cpu", batch_size=bs, workers=workers)
+        out = predict_slide(checkpoint, pyramid_tiff, tmp_path / f"p{level}", layout=SpotLayout(spots=spots),
+                            compute=Compute(progress=False, device="cpu", batch_size=bs, workers=workers), level=level)
         a = ad.read_h5ad(out / "predictions.h5ad")
         assert list(a.obs_names) == [f"s{i}" for i in range(len(coords))]
         np.testing.assert_allclose(a.obsm[C.OBSM_SPATIAL], coords)
@@ -231,17 +234,17 @@ def test_predict_matches_cache_patches_exactly(tmp_path: Path, checkpoint: Path,
 def test_plain_png_needs_mpp(tmp_path: Path, plain_png: Path, norm: dict | None) -> None:
     ckpt = write_checkpoint(tmp_path / "c.ckpt", normalisation=norm, seed=3)
     with pytest.raises(InputError, match=r"slide\.png: .*--mpp"):
-        predict_slide(ckpt, plain_png, tmp_path / "x", progress=False, device="cpu")
+        predict_slide(ckpt, plain_png, tmp_path / "x", compute=CPU)
     coords = np.array([[400.0, 380.0], [300.2, 420.7], [520.0, 300.0]])
     spots = write_spots(tmp_path / "spots.csv", coords)
-    out = predict_slide(ckpt, plain_png, tmp_path / "png", mpp=1.0, spots=spots, genes=["GENE_B"], progress=False,
-                        device="cpu")
+    out = predict_slide(ckpt, plain_png, tmp_path / "png", layout=SpotLayout(spots=spots), compute=CPU, mpp=1.0,
+                        genes=["GENE_B"])
     a = ad.read_h5ad(out / "predictions.h5ad")
     assert list(a.obs_names) == ["spot_0", "spot_1", "spot_2"] and a.uns[C.UNS_HIFUSION]["mpp_source"] == "option"
     np.testing.assert_allclose(a.X, reference_predictions(ckpt, plain_png, coords, 1.0), atol=1e-5, rtol=1e-5)
     assert [p.name for p in (out / "maps").iterdir()] == ["GENE_B.png"]
-    grid = predict_slide(ckpt, plain_png, tmp_path / "sq", mpp=1.0, grid="square", pitch_um=100, progress=False,
-                         device="cpu")
+    grid = predict_slide(ckpt, plain_png, tmp_path / "sq", layout=SpotLayout(grid="square", pitch_um=100),
+                         compute=CPU, mpp=1.0)
     g = ad.read_h5ad(grid / "predictions.h5ad")
     assert g.n_obs > 20 and np.allclose(np.diff(np.unique(g.obsm[C.OBSM_SPATIAL][:, 0])), 100.0)
 
@@ -251,38 +254,38 @@ def test_spot_file_errors(tmp_path: Path, checkpoint: Path, plain_png: Path) -> 
     bad = tmp_path / "bad.csv"
     pd.DataFrame({"px": [1.0], "py": [2.0]}).to_csv(bad, index=False)
     with pytest.raises(InputError, match=r"bad\.csv: .*columns x and y"):
-        predict_slide(checkpoint, plain_png, tmp_path / "o", mpp=1.0, spots=bad, progress=False, device="cpu")
+        predict_slide(checkpoint, plain_png, tmp_path / "o", layout=SpotLayout(spots=bad), compute=CPU, mpp=1.0)
     off = write_spots(tmp_path / "off.csv", np.array([[10.0, 10.0], [5000.0, 10.0]]))
     with pytest.raises(InputError, match=r"off\.csv: 1 spot\(s\) lie outside the slide \(1024 x 768 px\)"):
-        predict_slide(checkpoint, plain_png, tmp_path / "o", mpp=1.0, spots=off, progress=False, device="cpu")
+        predict_slide(checkpoint, plain_png, tmp_path / "o", layout=SpotLayout(spots=off), compute=CPU, mpp=1.0)
     dup = write_spots(tmp_path / "dup.csv", np.array([[10.0, 10.0], [20.0, 10.0]]), ["a", "a"])
     with pytest.raises(InputError, match="duplicate barcode"):
-        predict_slide(checkpoint, plain_png, tmp_path / "o", mpp=1.0, spots=dup, progress=False, device="cpu")
+        predict_slide(checkpoint, plain_png, tmp_path / "o", layout=SpotLayout(spots=dup), compute=CPU, mpp=1.0)
 
 
 def test_checkpoint_and_slide_errors(tmp_path: Path, checkpoint: Path, plain_png: Path) -> None:
     with pytest.raises(CheckpointError, match="nope.ckpt"):
-        predict_slide(tmp_path / "nope.ckpt", plain_png, tmp_path / "o", mpp=1.0, progress=False)
+        predict_slide(tmp_path / "nope.ckpt", plain_png, tmp_path / "o", compute=Compute(progress=False), mpp=1.0)
     junk = tmp_path / "junk.ckpt"
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="junk.ckpt"):
-        predict_slide(junk, plain_png, tmp_path / "o", mpp=1.0, progress=False)
+        predict_slide(junk, plain_png, tmp_path / "o", compute=Compute(progress=False), mpp=1.0)
     bare = tmp_path / "bare.ckpt"
     torch.save({"state_dict": {}}, bare)
     with pytest.raises(CheckpointError, match=r"bare\.ckpt: .*metadata"):
-        predict_slide(bare, plain_png, tmp_path / "o", mpp=1.0, progress=False)
+        predict_slide(bare, plain_png, tmp_path / "o", compute=Compute(progress=False), mpp=1.0)
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG garbage")
     with pytest.raises(InputError, match="broken.png"):
-        predict_slide(checkpoint, broken, tmp_path / "o", mpp=1.0, progress=False, device="cpu")
+        predict_slide(checkpoint, broken, tmp_path / "o", compute=CPU, mpp=1.0)
     blank = tmp_path / "blank.png"
     Image.fromarray(np.full((400, 500, 3), 244, np.uint8)).save(blank)
     with pytest.raises(InputError, match=r"blank\.png: no tissue found"):
-        predict_slide(checkpoint, blank, tmp_path / "o", mpp=1.0, progress=False, device="cpu")
+        predict_slide(checkpoint, blank, tmp_path / "o", compute=CPU, mpp=1.0)
     with pytest.raises(ConfigError, match="NOPE"):
-        predict_slide(checkpoint, plain_png, tmp_path / "o", mpp=1.0, genes=["NOPE"], progress=False, device="cpu")
+        predict_slide(checkpoint, plain_png, tmp_path / "o", compute=CPU, mpp=1.0, genes=["NOPE"])
     with pytest.raises(InputError, match="plausible"):
-        predict_slide(checkpoint, plain_png, tmp_path / "o", mpp=-1.0, progress=False, device="cpu")
+        predict_slide(checkpoint, plain_png, tmp_path / "o", compute=CPU, mpp=-1.0)
     assert not (tmp_path / "o").exists()
 
 
@@ -314,10 +317,10 @@ def test_predict_test_time_options_use_the_slide_images_only(tmp_path: Path, pla
     coords = np.array([[400.0, 380.0], [300.2, 420.7], [520.0, 300.0], [450.0, 460.0]])
     spots = write_spots(tmp_path / "spots.csv", coords)
     module, meta = load_predictor(ckpt, "cpu")
-    p = meta["patch"]
+    p = meta.patch
     with open_image(plain_png) as img:
-        regions = np.stack([extract_patch(img, c, p["region_px"], p["pixel_size"], 1.0)[0] for c in coords])
-    crops = spot_from_region(regions, p["spot_px"])
+        regions = np.stack([extract_patch(img, c, p.region_px, p.pixel_size, 1.0)[0] for c in coords])
+    crops = spot_from_region(regions, p.spot_px)
     batch = {"spot": torch.from_numpy(np.ascontiguousarray(crops.transpose(0, 3, 1, 2))),
              "region": torch.from_numpy(np.ascontiguousarray(regions.transpose(0, 3, 1, 2)))}
     batch["stain_src"] = torch.as_tensor(lab_stats([batch["spot"]]), dtype=torch.float32).expand(len(coords), 2, 3)
@@ -329,7 +332,7 @@ def test_predict_test_time_options_use_the_slide_images_only(tmp_path: Path, pla
     runs = {}
     for name, kw in {"plain": {}, "tta": {"tta": True}, "adabn": {"adabn": True},
                      "centre": {"calibrate": "centre"}, "smooth": {"smooth_um": 150.0}}.items():
-        out = predict_slide(ckpt, plain_png, tmp_path / name, mpp=1.0, spots=spots, progress=False, device="cpu",
+        out = predict_slide(ckpt, plain_png, tmp_path / name, layout=SpotLayout(spots=spots), compute=CPU, mpp=1.0,
                             recipe=Recipe(**kw))
         runs[name] = ad.read_h5ad(out / "predictions.h5ad")
     np.testing.assert_allclose(runs["plain"].X, plain, atol=1e-5)
@@ -344,14 +347,14 @@ def test_predict_test_time_options_use_the_slide_images_only(tmp_path: Path, pla
     info = runs["adabn"].uns[C.UNS_HIFUSION]
     assert info["adabn"] and info["stain_normalise"] == "reinhard"
     with pytest.raises(ConfigError, match="calibrate"):
-        predict_slide(ckpt, plain_png, tmp_path / "bad", mpp=1.0, spots=spots, progress=False,
-                      recipe=Recipe.of(calibrate="median"))
+        predict_slide(ckpt, plain_png, tmp_path / "bad", layout=SpotLayout(spots=spots), mpp=1.0,
+                      compute=Compute(progress=False), recipe=Recipe.of(calibrate="median"))
     with pytest.raises(CheckpointError, match="shrink factor"):  # no factor fitted by a benchmark beside it
-        predict_slide(ckpt, plain_png, tmp_path / "bad", mpp=1.0, spots=spots, progress=False,
-                      recipe=Recipe(calibrate="shrink"))
+        predict_slide(ckpt, plain_png, tmp_path / "bad", layout=SpotLayout(spots=spots), mpp=1.0,
+                      compute=Compute(progress=False), recipe=Recipe(calibrate="shrink"))
     (ckpt.parent / C.CALIBRATION_JSON).write_text('{"adabn=0,tta=0": 0.25}')
-    out = predict_slide(ckpt, plain_png, tmp_path / "shrink", mpp=1.0, spots=spots, progress=False,
-                        recipe=Recipe(calibrate="shrink"))
+    out = predict_slide(ckpt, plain_png, tmp_path / "shrink", layout=SpotLayout(spots=spots), mpp=1.0,
+                        compute=Compute(progress=False), recipe=Recipe(calibrate="shrink"))
     x = ad.read_h5ad(out / "predictions.h5ad").X
     np.testing.assert_allclose(x - x.mean(0), 0.25 * (plain - plain.mean(0)), atol=1e-5)
 
@@ -399,27 +402,27 @@ def test_predict_follows_the_benchmark_recipe_beside_the_checkpoint(tmp_path: Pa
     (ckpt.parent / C.RECIPE_JSON).write_text(json.dumps(recipe))
     assert resolve_recipe(ckpt)[0].gene_pcs == 2
     plain = ad.read_h5ad(tmp_path / "cli" / "predictions.h5ad").X
-    out = predict_slide(ckpt, plain_png, tmp_path / "pcs", mpp=1.0, spots=spots, progress=False, device="cpu",
+    out = predict_slide(ckpt, plain_png, tmp_path / "pcs", layout=SpotLayout(spots=spots), compute=CPU, mpp=1.0,
                         recipe=resolve_recipe(ckpt)[0])
     pcs = ad.read_h5ad(out / "predictions.h5ad")
     np.testing.assert_allclose(pcs.X, project_genes(plain, axes, sd), atol=1e-5)
     np.testing.assert_allclose(pcs.X.mean(0), plain.mean(0), atol=1e-5)  # the slide's level is the model's
     assert pcs.uns[C.UNS_HIFUSION]["gene_pcs"] == 2
     with pytest.raises(CheckpointError, match="stores 2 axes"):
-        predict_slide(ckpt, plain_png, tmp_path / "bad", mpp=1.0, spots=spots, progress=False,
-                      recipe=Recipe(gene_pcs=3))
+        predict_slide(ckpt, plain_png, tmp_path / "bad", layout=SpotLayout(spots=spots), mpp=1.0,
+                      compute=Compute(progress=False), recipe=Recipe(gene_pcs=3))
     recipe[C.RECIPE_GENE_AXES]["panel"] = list(PANEL)[::-1]
     (ckpt.parent / C.RECIPE_JSON).write_text(json.dumps(recipe))
     with pytest.raises(CheckpointError, match="gene panel"):
-        predict_slide(ckpt, plain_png, tmp_path / "bad", mpp=1.0, spots=spots, progress=False,
-                      recipe=Recipe(gene_pcs=2))
+        predict_slide(ckpt, plain_png, tmp_path / "bad", layout=SpotLayout(spots=spots), mpp=1.0,
+                      compute=Compute(progress=False), recipe=Recipe(gene_pcs=2))
     (ckpt.parent / C.RECIPE_JSON).write_text('{"adabn": false, "tta": false, "calibrate": "none"}')
     with pytest.raises(CheckpointError, match="co-expression axes"):
-        predict_slide(ckpt, plain_png, tmp_path / "bad", mpp=1.0, spots=spots, progress=False,
-                      recipe=Recipe(gene_pcs=2))
+        predict_slide(ckpt, plain_png, tmp_path / "bad", layout=SpotLayout(spots=spots), mpp=1.0,
+                      compute=Compute(progress=False), recipe=Recipe(gene_pcs=2))
     with pytest.raises(ConfigError, match="gene_pcs"):
-        predict_slide(ckpt, plain_png, tmp_path / "bad", mpp=1.0, spots=spots, progress=False,
-                      recipe=Recipe.of(gene_pcs=-1))
+        predict_slide(ckpt, plain_png, tmp_path / "bad", layout=SpotLayout(spots=spots), mpp=1.0,
+                      compute=Compute(progress=False), recipe=Recipe.of(gene_pcs=-1))
 
 
 def test_map_discs_leave_room_between_spots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,9 +13,9 @@ import torch
 from hifusion import constants as C
 from hifusion.data.image import open_image
 from hifusion.data.patches import extract_patches, spot_from_region
-from hifusion.predict import load_predictor, predict_slide
+from hifusion.predict import SpotLayout, load_predictor, predict_slide
 
-from .slides import write_checkpoint
+from .slides import CPU, write_checkpoint
 
 pytestmark = pytest.mark.realdata
 
@@ -45,21 +45,21 @@ def test_c3_spots_match_prepare_patches(tmp_path: Path, c3: tuple[Path, pd.DataF
     barcodes = [f"{x}x{y}" for x, y in zip(table["x"], table["y"], strict=True)]
     spots = tmp_path / "c3_spots.csv"
     pd.DataFrame({"barcode": barcodes, "x": coords[:, 0], "y": coords[:, 1]}).to_csv(spots, index=False)
-    out = predict_slide(ckpt, image, tmp_path / "pred", mpp=C3_MPP, spots=spots, progress=False, device="cpu")
+    out = predict_slide(ckpt, image, tmp_path / "pred", layout=SpotLayout(spots=spots), compute=CPU, mpp=C3_MPP)
     a = ad.read_h5ad(out / "predictions.h5ad")
     assert list(a.obs_names) == barcodes and a.shape == (len(coords), 5)
     assert a.uns[C.UNS_HIFUSION]["level"] == 0
     assert a.obs["tissue_fraction"].mean() > 0.8  # the ST spots lie on the tissue the detector finds
 
     module, meta = load_predictor(ckpt, "cpu")
-    p = meta["patch"]
+    p = meta.patch
     with open_image(image) as img:  # what prepare stores: region patches by extract_patch, spot = centre crop
-        regions, _ = extract_patches(img, coords, p["region_px"], p["pixel_size"], C3_MPP)
+        regions, _ = extract_patches(img, coords, p.region_px, p.pixel_size, C3_MPP)
     ref = []
     with torch.no_grad():
         for i in range(0, len(regions), 64):
             r = regions[i : i + 64]
-            s = spot_from_region(r, p["spot_px"])
+            s = spot_from_region(r, p.spot_px)
             batch = {"spot": torch.from_numpy(np.ascontiguousarray(s.transpose(0, 3, 1, 2))),
                      "region": torch.from_numpy(np.ascontiguousarray(r.transpose(0, 3, 1, 2)))}
             ref.append(module.model(*module.preprocess(batch)).pred.float().numpy())

@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hifusion.data.cache import load_cache
-from hifusion.data.prepare import prepare_sections
 from hifusion.errors import InputError
 from tests.robustness.helpers import MARKER, partial_files, write_her2st
+from tests.synthetic import prepare_cache
 
 SPOT_PX = 8
 PROBE = (0, 0, 255)  # colour of the one marked spot; all others are red
@@ -60,7 +60,7 @@ def _write(root: Path, s: dict) -> Path:
 
 def _prepare(root: Path, out: Path, s: dict) -> None:
     mpp = 200.0 / s["pitch"]
-    prepare_sections("her2st", root, ["T1"], out, spot_um=SPOT_PX * mpp, spot_px=SPOT_PX, mpp={"T1": mpp},
+    prepare_cache("her2st", root, ["T1"], out, spot_um=SPOT_PX * mpp, spot_px=SPOT_PX, mpp={"T1": mpp},
                      progress=False)
 
 

@@ -21,7 +21,6 @@ import torch
 from hifusion import constants as C
 from hifusion.config import DataConfig, ValConfig
 from hifusion.data.cache import load_cache
-from hifusion.data.prepare import prepare_sections
 from hifusion.data.splitdata import load_split
 from hifusion.data.splits import Split
 from hifusion.errors import InputError
@@ -37,7 +36,7 @@ from tests.robustness.helpers import (
     spot_table,
     write_her2st,
 )
-from tests.synthetic import write_section
+from tests.synthetic import prepare_cache, write_section
 
 ZERO_ROWS = (0, 5)  # spots with no counts at all
 LOW_ROW = 7  # a spot with 12 counts in total
@@ -79,7 +78,7 @@ def low_count_cache(tmp_path: Path) -> Path:
     write_her2st(raw, "T1", counts=_counts_with_empty_spots(12, 1))
     write_her2st(raw, "U1", counts=_counts_with_empty_spots(12, 2))
     cache = tmp_path / "cache"
-    prepare_sections("her2st", raw, ["T1", "U1"], cache, spot_um=SPOT_UM, spot_px=SPOT_PX, progress=False)
+    prepare_cache("her2st", raw, ["T1", "U1"], cache, spot_um=SPOT_UM, spot_px=SPOT_PX, progress=False)
     return cache
 
 
@@ -100,7 +99,7 @@ def test_missing_panel_gene_is_an_error_unless_zero_fill(tmp_path: Path) -> None
     write_section(raw, "P1", seed=1)
     write_section(raw, "Q1", seed=2, n_genes=10)
     cache = tmp_path / "cache"
-    prepare_sections("her2st", raw, None, cache, spot_um=80.0, spot_px=16, progress=False)
+    prepare_cache("her2st", raw, None, cache, spot_um=80.0, spot_px=16, progress=False)
     split = Split("fixed", ["P1"], ["Q1"])
     with pytest.raises(InputError, match="panel gene") as info:
         load_split(cache, split, DataConfig(cache=cache, genes={"n": 20}), ValConfig())
@@ -201,8 +200,10 @@ def test_integrity_checked_before_weights_only_load(trained_run: Path, monkeypat
 
         load_predictor(ckpt, device="cpu")
     else:
+        from hifusion.checkpoint_meta import CheckpointMeta
+
         meta = real_load(ckpt, map_location="cpu", weights_only=True)["hifusion"]
-        ck.check_resumable(ckpt, meta)
+        ck.check_resumable(ckpt, CheckpointMeta.from_dict(meta))
     assert events[:2] == ["sha256", "load weights_only=True"], events
 
 
@@ -212,7 +213,7 @@ def test_prepare_rejects_with_no_partial_files_in_process(tmp_path: Path) -> Non
     table.loc[3, "pixel_x"] = 10_000.0
     f = write_her2st(tmp_path / "raw", spots=table, size=(600, 500))
     with pytest.raises(InputError, match="outside the image") as info:
-        prepare_sections("her2st", f.root, ["T1"], tmp_path / "cache", spot_um=SPOT_UM, spot_px=SPOT_PX,
+        prepare_cache("her2st", f.root, ["T1"], tmp_path / "cache", spot_um=SPOT_UM, spot_px=SPOT_PX,
                          progress=False)
     assert info.value.path == str(f.spots)
     assert partial_files(tmp_path / "cache") == []

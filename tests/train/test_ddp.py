@@ -124,8 +124,8 @@ def test_ddp_two_cpu_ranks(tmp_path: Path) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        per_rank = [(order[r::2], predict_rows(module, data.patches["P1"], rows[order[r::2]], data.spot_px,
-                                               data.region_px, batch_size=8)) for r in range(2)]
+        per_rank = [(order[r::2], predict_rows(module, data.patches["P1"], rows[order[r::2]], meta.patch,
+                                               batch_size=8)) for r in range(2)]
     finally:
         torch.set_num_threads(threads)
     idx = np.concatenate([i for i, _ in per_rank])

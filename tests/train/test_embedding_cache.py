@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from hifusion import constants as C
+from hifusion.checkpoint_meta import CheckpointMeta
 from hifusion.config import parse_config
 from hifusion.evaluate.protocols import DONE_FILE, PRED_FILE, run_benchmark
+from hifusion.geometry import PatchGeometry
 from tests.synthetic import tiny_config, write_dataset
 
 PROBE = {"encoder": "resnet10", "n_components": 8}
@@ -83,11 +85,11 @@ def test_key_follows_weights_file_scale_and_view_not_the_probe(tmp_path: Path) -
             return self.n
 
     Patches.path.write_bytes(b"x")
-    meta = {"normalisation": {"mode": "patch"}, "stain": {"augment": {}, "normalise": "none", "reference": None},
-            "patch": {"pixel_size": 5.0, "spot_px": 16, "region_px": 32}, "panel": ["a"], "version": "0"}
+    meta = CheckpointMeta("linear_probe", {}, ["a"], PatchGeometry(5.0, 16, 32), {"mode": "patch"},
+                          stain={"augment": {}, "normalise": "none", "reference": None}, version="0")
 
     def key(model: torch.nn.Module, view: int = 0, **patch: float) -> str:
-        m = {**meta, "patch": {**meta["patch"], **patch}}
+        m = meta.with_changes(patch=PatchGeometry.from_dict({**meta.patch.to_dict(), **patch}))
         return key_hash(embedding_key(embedding_base(Predictor(model, m)), "P1", Patches(), view, None))
 
     weights = tmp_path / "enc.pth"
@@ -122,6 +124,6 @@ def test_checkpoint_of_a_cached_run_predicts_alone(runs: dict) -> None:
     ckpt = runs["base"] / "second" / "runs" / "fixed" / "linear_probe" / C.CKPT_DIR / C.CKPT_LAST
     model, meta = load_checkpoint(ckpt)
     _, patches = load_cache(runs["cache"], "P2")
-    again = predict_rows(Predictor(model, meta), patches, np.arange(len(patches)), 16, 32,
-                        recipe=Recipe(tta=True))
+    again = predict_rows(Predictor(model, meta), patches, np.arange(len(patches)), meta.patch,
+                         recipe=Recipe(tta=True))
     np.testing.assert_allclose(again, runs["second"][0]["P2"], atol=1e-4)

@@ -63,10 +63,10 @@ def test_preset_models_train_and_predict_from_their_checkpoint(tmp_path: Path) -
                 module, meta = load_predictor(ckpt, device="cpu")
         else:
             module, meta = load_predictor(ckpt, device="cpu")
-        again = predict_rows(module, patches, np.arange(36), 16, 32)
+        again = predict_rows(module, patches, np.arange(36), meta.patch)
         with np.load(out / "runs" / "fixed" / name / PRED_FILE) as z:
             np.testing.assert_allclose(again, z["P2"], atol=1e-5)
-        views = meta[C.META_INPUTS]
+        views = meta.views
         if name == "stnet":
             assert views == {"spot": {"encoder": "ciga-resnet18", "mpp": None, "mean": list(IMAGENET_MEAN),
                                       "std": [0.229, 0.224, 0.225], "source": "spot", "crop_px": 16, "px": 16}}

@@ -77,13 +77,13 @@ def test_checkpoint_is_self_describing_and_safe(dataset: Path, cache: Path, tmp_
     raw = torch.load(ckpt, map_location="cpu", weights_only=True)  # no arbitrary pickle needed
     assert raw["hifusion"]["patch"] == {"pixel_size": 5.0, "spot_px": 16, "region_px": 32}
     model, meta = load_checkpoint(ckpt)
-    assert len(meta["panel"]) == 20 and meta["label"] == "logprop"
+    assert len(meta.panel) == 20 and meta.label == "logprop"
     from hifusion.config import TrainConfig
     from hifusion.data.cache import load_cache
 
     module = ExpressionModule(model, TrainConfig(), meta)
     _, patches = load_cache(cache, "P2")
-    again = predict_rows(module, patches, np.arange(36), 16, 32)
+    again = predict_rows(module, patches, np.arange(36), meta.patch)
     np.testing.assert_allclose(again, _preds(out)["P2"], atol=1e-5)
 
 
@@ -135,14 +135,15 @@ def test_gene_scaled_labels_train_in_z_scores_and_predict_in_label_units(dataset
     out = tmp_path / "run"
     _run(dataset, cache, out, models=["hifusion"], scale_labels="gene")
     model, meta = load_checkpoint(out / "runs" / "fixed" / "hifusion" / C.CKPT_DIR / C.CKPT_LAST)
-    scale = meta["label_scale"]
+    scale = meta.label_scale
     assert len(scale["mean"]) == len(scale["std"]) == 20 and min(scale["std"]) > 0
-    np.testing.assert_allclose(scale["mean"], meta["train_mean"], atol=1e-5)  # no centring: the pooled mean
+    np.testing.assert_allclose(scale["mean"], meta.train_mean, atol=1e-5)  # no centring: the pooled mean
     _, patches = load_cache(cache, "P2")
     module = Predictor(model, meta).eval()
-    again = predict_rows(module, patches, np.arange(36), 16, 32)
+    again = predict_rows(module, patches, np.arange(36), meta.patch)
     np.testing.assert_allclose(again, _preds(out)["P2"], atol=1e-5)
-    raw = predict_rows(Predictor(model, {**meta, "label_scale": None}).eval(), patches, np.arange(36), 16, 32)
+    raw = predict_rows(Predictor(model, meta.with_changes(label_scale=None)).eval(), patches, np.arange(36),
+                       meta.patch)
     np.testing.assert_allclose(again, raw * np.asarray(scale["std"]) + np.asarray(scale["mean"]), rtol=1e-4,
                                atol=1e-4)
     assert abs(float(raw.mean())) < abs(float(again.mean()))  # z-scores sit near 0, labels (log proportions) do not

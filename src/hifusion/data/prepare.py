@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from hifusion.config import PrepareConfig
 from hifusion.constants import (
     CACHE_MANIFEST,
     DEFAULT_REGION_FACTOR,
@@ -72,6 +73,7 @@ from hifusion.data.patches import iter_patches, region_top_left, spot_from_regio
 from hifusion.data.readers import get_reader, list_sections, read_section
 from hifusion.data.section import Section
 from hifusion.errors import ConfigError, InputError
+from hifusion.geometry import PatchGeometry
 from hifusion.io import atomic_path, atomic_write_text, make_dir
 from hifusion.progress import format_seconds, say, stderr_console, use_bars
 
@@ -95,6 +97,16 @@ class CacheParams:
     @property
     def region_px(self) -> int:
         return region_size(self.spot_px, self.region_factor)
+
+    @property
+    def geometry(self) -> PatchGeometry:
+        """The sizes patches are cut at (what a checkpoint trained on this cache records)."""
+        return PatchGeometry(self.pixel_size, self.spot_px, self.region_px)
+
+    @classmethod
+    def of(cls, cfg: PrepareConfig, spot_um: float) -> CacheParams:
+        """The scale a prepare config asks for, at `spot_um` (the config's, or the format's default)."""
+        return cls(float(spot_um), int(cfg.spot_px), float(cfg.region_factor))
 
     def manifest(self) -> dict[str, Any]:
         return {**asdict(self), "region_px": self.region_px, "pixel_size": self.pixel_size, "version": CACHE_VERSION}
@@ -267,10 +279,8 @@ def _write_patches(
 def prepare_section(
     section: Section,
     out: str | Path,
+    params: CacheParams = CacheParams(),
     *,
-    spot_um: float = DEFAULT_SPOT_UM,
-    spot_px: int = DEFAULT_SPOT_PX,
-    region_factor: float = DEFAULT_REGION_FACTOR,
     compression: str | None = None,
     overwrite: bool = False,
     allow_background: bool = False,
@@ -282,7 +292,6 @@ def prepare_section(
     """
     _check_compression(compression)
     out = Path(out)
-    params = CacheParams(float(spot_um), int(spot_px), float(region_factor))
     h5ad_path, patch_path = section_paths(out, section.section_id)
     if is_done(out, section.section_id) and not overwrite:
         return h5ad_path
@@ -341,16 +350,8 @@ def _prepare_one(
     """Worker body (top level so a process pool can pickle it); returns (h5ad path, one-line summary)."""
     t0 = time.perf_counter()
     sec = read_section(fmt, root, section, check_image=False, **opts)
-    path = prepare_section(
-        sec,
-        out,
-        spot_um=params.spot_um,
-        spot_px=params.spot_px,
-        region_factor=params.region_factor,
-        compression=compression,
-        overwrite=True,
-        allow_background=allow_background,
-    )
+    path = prepare_section(sec, out, params, compression=compression, overwrite=True,
+                           allow_background=allow_background)
     with h5py.File(path, "r") as f:  # the obs flag, without loading the whole AnnData again
         on = f[f"obs/{OBS_ON_TISSUE}"][:]
     summary = (f"{section}: {sec.n_spots} spots, {float(np.mean(on)):.0%} on tissue, "
@@ -359,49 +360,44 @@ def _prepare_one(
 
 
 def prepare_sections(
-    fmt: str,
-    root: str | Path,
-    sections: Iterable[str] | None,
+    cfg: PrepareConfig,
     out: str | Path,
     *,
-    spot_um: float | None = None,
-    spot_px: int = DEFAULT_SPOT_PX,
-    region_factor: float = DEFAULT_REGION_FACTOR,
-    mpp: Mapping[str, float] | None = None,
-    coord_scale: Mapping[str, float] | None = None,
-    images: Mapping[str, str | Path] | None = None,
-    reader_options: Mapping[str, Any] | None = None,
     overwrite: bool = False,
-    compression: str | None = None,
     progress: bool = True,
     workers: int = 1,
     shard: str | None = None,
-    allow_background: bool = False,
 ) -> list[Path]:
-    """Prepare `sections` (None = every section found) of `root` into the cache folder `out`; returns their h5ad paths.
+    """Prepare the sections `cfg` names (None = every section found) of `cfg.root` (None: the HER2ST sample shipped
+    with the package) into the cache folder `out`; returns their h5ad paths.
 
-    `spot_um` None takes the format's default field of view (`Reader.spot_um`: 154.6 um, or following the spot size
-    for Visium HD). `mpp`, `coord_scale` and `images` are per-section overrides; sections already done are skipped
-    unless `overwrite`.
+    `cfg.spot_um` None takes the format's default field of view (`Reader.spot_um`: 154.6 um, or following the spot
+    size for Visium HD). `cfg.mpp`, `cfg.coord_scale` and `cfg.image` are per-section overrides; sections already
+    done are skipped unless `overwrite`.
     `workers > 1` prepares sections in parallel processes; `shard="i/n"` takes every n-th section from the i-th.
     With `progress`, each section's image, um/px and resampling factor and, once done, its share of spots on tissue
     are reported on stderr. Patches enlarged more than 4x from the image draw a warning (they hold little detail).
     """
+    fmt, root, reader_options = cfg.format, _root(cfg), cfg.reader_options()
+    mpp, coord_scale, images = cfg.mpp or None, cfg.coord_scale or None, cfg.image or None
+    compression = None if cfg.compression == "none" else cfg.compression
     _check_compression(compression)
+    allow_background = cfg.allow_background
+    spot_um = cfg.spot_um
     if spot_um is None:  # the format's default: the paper's 154.6 um, or following the spot size (Visium HD)
         spot_um = get_reader(fmt).spot_um(dict(reader_options or {}))
-    if spot_px < 2 or spot_um <= 0 or region_factor < 1:
-        got = f"{spot_px}, {spot_um}, {region_factor}"
+    if cfg.spot_px < 2 or spot_um <= 0 or cfg.region_factor < 1:
+        got = f"{cfg.spot_px}, {spot_um}, {cfg.region_factor}"
         raise ConfigError(f"need spot_px >= 2, spot_um > 0, region_factor >= 1 (got {got})")
     out = Path(out)
-    names = list(sections) if sections is not None else list_sections(fmt, root)
+    names = list(cfg.sections) if cfg.sections is not None else list_sections(fmt, root)
     for table, label in ((mpp, "mpp"), (coord_scale, "coord_scale"), (images, "image")):
         unknown = sorted(set(table or {}) - set(names))
         if unknown:
             warnings.warn(f"{label} given for sections not being prepared: {unknown}", stacklevel=2)
     i, n = parse_shard(shard)
     names = names[i::n]
-    params = CacheParams(float(spot_um), int(spot_px), float(region_factor))
+    params = CacheParams.of(cfg, spot_um)
     ensure_manifest(out, params, fmt, overwrite)
     todo = [s for s in names if overwrite or not is_done(out, s)]
 
@@ -436,6 +432,15 @@ def prepare_sections(
             for s in todo:
                 advance(*_prepare_one(fmt, str(root), s, str(out), params, opts(s), compression, allow_background))
     return [section_paths(out, s)[0] for s in names]
+
+
+def _root(cfg: PrepareConfig) -> Path:
+    """The dataset root a prepare config reads (None: the HER2ST sample inside the package)."""
+    if cfg.root is not None:
+        return Path(cfg.root)
+    from hifusion.data.sample import her2st_sample
+
+    return her2st_sample()
 
 
 class _progress:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,16 @@ from hifusion.progress import say
 IMAGENET = {"mode": "dataset", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 LATENT_DIM = 256  # HEST's bench_config: dimreduce PCA, latent_dim 256
 HEST_SEED = 1  # HEST's default --seed (PCA and ridge random_state)
+
+
+@dataclass(frozen=True)
+class FeatureSource:
+    """Whose frozen spot features are probed: a registered model built with `options`, or a trained
+    `checkpoint`'s model (exactly one of `model` and `checkpoint`)."""
+
+    model: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    checkpoint: Path | None = None
 
 
 @dataclass
@@ -71,18 +81,17 @@ def spot_features(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return enc.embed(x).float()
 
 
-def make_embedder(model: str | None, options: dict[str, Any], checkpoint: Path | None, patch_mpp: float,
-                  patch_px: int) -> Embedder:
+def make_embedder(source: FeatureSource, patch_mpp: float, patch_px: int) -> Embedder:
     """The features of a registry model (`model`, `options`) or of a checkpoint's model (`checkpoint`)."""
+    model, options, checkpoint = source.model, dict(source.options), source.checkpoint
     if (model is None) == (checkpoint is None):
         raise ConfigError("give either a model name or a checkpoint")
     if checkpoint is not None:
         from hifusion.models.loading import load_checkpoint
 
         net, meta = load_checkpoint(checkpoint)
-        um = float(meta["patch"]["pixel_size"])
-        size = max(8, int(round(patch_px * patch_mpp / um)))
-        return Embedder(net.eval(), dict(meta["normalisation"]), size, f"{meta['model']['name']} ({checkpoint.name})")
+        size = max(8, int(round(patch_px * patch_mpp / meta.patch.pixel_size)))
+        return Embedder(net.eval(), dict(meta.normalisation), size, f"{meta.model_name} ({checkpoint.name})")
     from hifusion.models import create_model
 
     net = create_model(model, **options)
@@ -150,8 +159,7 @@ class HestBenchResult:
     summary: dict[str, Any]
 
 
-def run_hest_bench(root: str | Path, task: str, out: str | Path, *, model: str | None = None,
-                   options: dict[str, Any] | None = None, checkpoint: Path | None = None,
+def run_hest_bench(root: str | Path, task: str, out: str | Path, features: FeatureSource, *,
                    gene_list: str = C.HEST_GENES_JSON, patch_mpp: float = C.HEST_PATCH_MPP, batch_size: int = 128,
                    latent_dim: int = LATENT_DIM, seed: int = HEST_SEED, resume: bool = False) -> HestBenchResult:
     """Every fold of a HEST-Benchmark task; writes `hest_bench.csv` (per fold and gene) and `hest_bench.json`.
@@ -164,7 +172,7 @@ def run_hest_bench(root: str | Path, task: str, out: str | Path, *, model: str |
     hest = read_task(root, task, gene_list)
     first = hest.folds[0].train[0].patches
     patch_px = next(iter_patches(first, 1)).shape[1]
-    emb = make_embedder(model, dict(options or {}), checkpoint, patch_mpp, patch_px)
+    emb = make_embedder(features, patch_mpp, patch_px)
     cache: dict[str, Any] = {}
     frames, folds = [], []
     feat_dir = make_dir(out / "features")

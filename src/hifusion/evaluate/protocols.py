@@ -56,23 +56,16 @@ def ensure_cache(data_cfg: DataConfig, *, progress: bool = True) -> Path:
     from hifusion.data.readers import list_sections
 
     p = data_cfg.prepare
-    if p.root is None:
-        from hifusion.data.sample import her2st_sample
-
-        root = her2st_sample()
-    else:
-        root = p.root
     if not is_global_zero():  # under torchrun / SLURM every rank starts here at once: only rank 0 prepares
-        names = list(p.sections) if p.sections else list_sections(p.format, root)
+        if p.sections:
+            names = list(p.sections)
+        else:
+            from hifusion.data.sample import her2st_sample
+
+            names = list_sections(p.format, p.root if p.root is not None else her2st_sample())
         wait_until(lambda: all(is_done(cache, s) for s in names), "the patch cache", cache)
         return cache
-    prepare_sections(
-        p.format, root, p.sections, cache,
-        spot_um=p.spot_um, spot_px=p.spot_px, region_factor=p.region_factor,
-        mpp=p.mpp or None, coord_scale=p.coord_scale or None, images=p.image or None,
-        allow_background=p.allow_background, compression=None if p.compression == "none" else p.compression,
-        overwrite=False, progress=progress, reader_options=p.reader_options(),
-    )
+    prepare_sections(p, cache, overwrite=False, progress=progress)
     return cache
 
 
@@ -188,23 +181,22 @@ def _fit_members(m: ModelConfig, train_cfg: Any, data: Any, mdir: Path, resume: 
     return avg, info
 
 
-def _score(out: Path, data: Any, split: str, section: str, label: str, pred: np.ndarray,
-           metric_rows: list[dict[str, Any]], gene_frames: list[pd.DataFrame], per_split: bool = False,
-           info: dict[str, Any] | None = None, spatialdata: bool = False) -> None:
-    """Score one model's predictions of one test section; write them as AnnData beside the tables
+def _score(out: Path, data: Any, split: str, section: str, label: str, pred: np.ndarray, got: _Collected,
+           per_split: bool = False, info: dict[str, Any] | None = None, spatialdata: bool = False) -> None:
+    """Score one model's predictions of one test section (rows into `got`); write them as AnnData beside the tables
     (`predictions/<model>/<section>.h5ad`, or `.../<split>/<section>.h5ad` when the protocol tests the section in
     several splits, as the rotation does)."""
     from hifusion.metrics import per_gene_metrics, section_metrics
 
     truth = data.labels[section]
     sm = section_metrics(pred, truth, hvg_top50_idx=data.top50)
-    metric_rows += [{"model": label, "split": split, "section": section, "metric": k, "value": float(v)}
-                    for k, v in sm.items()]
+    got.metric_rows.extend({"model": label, "split": split, "section": section, "metric": k, "value": float(v)}
+                           for k, v in sm.items())
     g = per_gene_metrics(pred, truth, data.panel)
     g.insert(0, "section", section)
     g.insert(0, "split", split)
     g.insert(0, "model", label)
-    gene_frames.append(g)
+    got.gene_frames.append(g)
     pdir = out / "predictions" / label / (split if per_split else "")
     pdir.mkdir(parents=True, exist_ok=True)
     adata = prediction_adata(data, section, pred, {"display": label, "split": split, **(info or {})})
@@ -341,8 +333,8 @@ def _run_split(cfg: Config, cache: Path, out: Path, split: Any, models: list[Mod
             adapt = cfg.adapt_variants[vname] if vname and vname != C.FLATTERING_VARIANT else cfg.adapt
             prov = provenance(m.name, data.label, info.get("checkpoint"), adapt.model_dump(mode="json"))
             for s in split.test:
-                _score(out, data, split.name, s, label, preds[s], got.metric_rows, got.gene_frames,
-                       per_split=s in repeated, info=prov, spatialdata=cfg.prediction_format == "spatialdata")
+                _score(out, data, split.name, s, label, preds[s], got, per_split=s in repeated, info=prov,
+                       spatialdata=cfg.prediction_format == "spatialdata")
                 if not vname:
                     split_preds[s][label] = preds[s]
             _score_conventions(data, split, label, preds, heg, got.convention_rows)

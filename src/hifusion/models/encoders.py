@@ -17,6 +17,7 @@ from timm.models.resnet import BasicBlock, ResNet
 from torch import Tensor, nn
 
 from hifusion.errors import CheckpointError, ConfigError
+from hifusion.geometry import PatchGeometry
 from hifusion.models.presets import HUB, EncoderPreset, get_preset, input_view, list_presets
 
 __all__ = ["Encoder", "create_encoder", "input_encoders", "list_encoders", "load_encoder_weights",
@@ -309,7 +310,7 @@ def input_encoders(model: nn.Module) -> dict[str, Encoder]:
     return {k: v for k, v in found.items() if isinstance(v, Encoder)}
 
 
-def preset_inputs(model: nn.Module, *, pixel_size: float, spot_px: int, region_px: int) -> dict[str, dict[str, Any]]:
+def preset_inputs(model: nn.Module, geometry: PatchGeometry) -> dict[str, dict[str, Any]]:
     """Per image input fed by a preset encoder, its view of the cache (`presets.input_view`): what a checkpoint's
     metadata stores under `inputs`. Empty for a model without presets (its inputs are prepared as always)."""
     uses_region = bool(getattr(model, "uses_region", True))
@@ -317,5 +318,5 @@ def preset_inputs(model: nn.Module, *, pixel_size: float, spot_px: int, region_p
     for role, enc in input_encoders(model).items():
         if enc.preset is None or (role == "region" and not uses_region):
             continue
-        out[role] = input_view(enc.preset, role, pixel_size=pixel_size, spot_px=spot_px, region_px=region_px)
+        out[role] = input_view(enc.preset, role, geometry)
     return out

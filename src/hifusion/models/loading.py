@@ -7,8 +7,8 @@ from typing import Any
 
 from torch import nn
 
-from hifusion.checkpoint import model_state, read_checkpoint
-from hifusion.constants import CKPT_META_KEY
+from hifusion.checkpoint import model_state, read_checkpoint, read_meta
+from hifusion.checkpoint_meta import CheckpointMeta
 from hifusion.errors import CheckpointError
 from hifusion.models.registry import create_model
 
@@ -19,13 +19,11 @@ def rebuild_options(options: dict[str, Any]) -> dict[str, Any]:
     return {k: None if k.endswith("encoder_weights") else v for k, v in options.items()}
 
 
-def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+def load_checkpoint(path: str | Path) -> tuple[nn.Module, CheckpointMeta]:
     """Rebuild the model a checkpoint describes and load its weights; returns (model in eval mode, metadata)."""
     ckpt = read_checkpoint(path)
-    meta = ckpt.get(CKPT_META_KEY)
-    if not isinstance(meta, dict) or not {"model", "panel", "patch", "normalisation"} <= set(meta):
-        raise CheckpointError("checkpoint lacks hifusion metadata (model options, gene panel, patch scale)", path)
-    model = create_model(meta["model"]["name"], n_genes=len(meta["panel"]), **rebuild_options(meta["model"]["options"]))
+    meta = read_meta(ckpt, path)
+    model = create_model(meta.model_name, n_genes=len(meta.panel), **rebuild_options(meta.model_options))
     try:
         model.load_state_dict(model_state(ckpt), strict=True)
     except RuntimeError as exc:

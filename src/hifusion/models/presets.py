@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hifusion.errors import ConfigError
+from hifusion.geometry import PatchGeometry
 
 __all__ = ["HUB", "EncoderPreset", "get_preset", "input_view", "list_presets", "register_preset"]
 
@@ -254,7 +255,7 @@ def _multiple(px: float, step: int) -> int:
     return max(step, int(math.floor(px / step + 1e-9)) * step)
 
 
-def input_view(preset: EncoderPreset, role: str, *, pixel_size: float, spot_px: int, region_px: int) -> dict[str, Any]:
+def input_view(preset: EncoderPreset, role: str, geometry: PatchGeometry) -> dict[str, Any]:
     """How a cached (spot, region) pair becomes this preset's input, as primitives for the checkpoint metadata.
 
     `spot` (the encoder of a spot model, or HiFusion's spot encoder): the centre crop covering the preset's field of
@@ -265,6 +266,7 @@ def input_view(preset: EncoderPreset, role: str, *, pixel_size: float, spot_px: 
     source ('spot' or 'region'), crop_px (side of the centre crop at the cache's scale), px (side fed to the encoder),
     mpp, mean, std.
     """
+    pixel_size, spot_px, region_px = geometry.pixel_size, geometry.spot_px, geometry.region_px
     cache_um = {"spot": spot_px * pixel_size, "region": region_px * pixel_size}
     sides = {"spot": int(spot_px), "region": int(region_px)}
     view: dict[str, Any] = {"encoder": preset.name, "mpp": preset.mpp, "mean": list(preset.mean),

@@ -59,6 +59,8 @@ def register_model(
         if kind not in INPUT_KINDS:
             raise ValueError(f"input_kind must be one of {INPUT_KINDS}, got {kind!r}")
         _REGISTRY[name] = ModelEntry(name=name, builder=builder, loss_name=loss, input_kind=kind)
+        if inspect.isclass(builder):  # instances built directly agree with the registry
+            builder.input_kind, builder.loss_name = kind, loss  # type: ignore[attr-defined]
         return builder
 
     return decorator
@@ -78,7 +80,10 @@ def model_entry(name: str) -> ModelEntry:
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build the model ``name`` with ``kwargs``; unknown keyword arguments are a configuration error."""
+    """Build the model ``name`` with ``kwargs``; unknown keyword arguments are a configuration error.
+
+    The model carries its entry's ``input_kind`` and ``loss_name`` (`contracts.ExpressionModel`): the registry is
+    the one source of both, factories included."""
     entry = model_entry(name)
     params = entry.parameters()
     if params:
@@ -87,4 +92,6 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
             raise ConfigError(
                 f"model {name!r} has no option(s) {', '.join(map(repr, bad))}; valid options: {', '.join(params)}"
             )
-    return entry.builder(**kwargs)
+    model = entry.builder(**kwargs)
+    model.input_kind, model.loss_name = entry.input_kind, entry.loss_name
+    return model

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,10 @@ import pandas as pd
 import torch
 
 from hifusion import constants as C
+from hifusion.checkpoint_meta import CheckpointMeta
+from hifusion.contracts import BatchPredictor
 from hifusion.errors import CheckpointError, ConfigError, InputError
+from hifusion.geometry import PatchGeometry
 from hifusion.inference import Predictor, predict_loader
 from hifusion.predict import outputs
 from hifusion.predict.slide import PatchStream, Slide, open_slide
@@ -46,29 +50,39 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
-def check_meta(meta: dict[str, Any], path: Path) -> dict[str, Any]:
-    """The patch scale, panel and label transform prediction relies on; CheckpointError when absent or malformed."""
-    try:
-        patch = meta["patch"]
-        pixel_size, spot_px, region_px = float(patch["pixel_size"]), int(patch["spot_px"]), int(patch["region_px"])
-        panel = [str(g) for g in meta["panel"]]
-        label = str(meta["label"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint metadata incomplete (patch scale, panel or label: {exc})", path) from exc
-    if not (pixel_size > 0 and 0 < spot_px <= region_px and panel):
-        raise CheckpointError(f"checkpoint metadata malformed (patch {patch}, {len(panel)} genes)", path)
-    return {"pixel_size": pixel_size, "spot_px": spot_px, "region_px": region_px, "panel": panel, "label": label}
+@dataclass(frozen=True)
+class SpotLayout:
+    """Where a slide is predicted: the centres of a `spots` file (CSV/TSV x, y in level-0 pixels, optional
+    barcode), else a `grid` ('hex' Visium-like, 'square' legacy ST) every `pitch_um` microns (None:
+    `default_pitch_um`) over the tissue, kept where at least `min_tissue` of a spot's field of view is tissue."""
+
+    spots: str | Path | None = None
+    grid: str = "hex"
+    pitch_um: float | None = None
+    min_tissue: float = DEFAULT_MIN_FRACTION
 
 
-def load_predictor(checkpoint: str | Path, device: str = "auto") -> tuple[Any, dict[str, Any]]:
+@dataclass(frozen=True)
+class Compute:
+    """How prediction runs: spots per forward pass, device ('auto', 'cpu', 'cuda:N'), patch-reading threads (None:
+    1 on CPU, up to 8 on a GPU) and a progress bar or lines."""
+
+    batch_size: int = 64
+    device: str = "auto"
+    workers: int | None = None
+    progress: bool = True
+
+
+def load_predictor(checkpoint: str | Path, device: str = "auto") -> tuple[Predictor, CheckpointMeta]:
     """(`inference.Predictor` in eval mode on the device, metadata) from a training checkpoint."""
     from hifusion.models.loading import load_checkpoint
+    from hifusion.models.registry import model_entry
 
     path = Path(checkpoint)
     model, meta = load_checkpoint(path)
-    if getattr(model, "input_kind", "spot_region") != "spot_region":
-        raise CheckpointError(f"model '{meta['model'].get('name')}' does not predict from image patches", path)
-    check_meta(meta, path)
+    if model_entry(meta.model_name).input_kind != "spot_region":
+        raise CheckpointError(f"model '{meta.model_name}' does not predict from image patches", path)
+    meta.require_label(path)
     for line in rescale_warnings(meta):  # a preset encoder fed from patches at another scale, as in training
         warnings.warn(line, stacklevel=2)
     module = Predictor(model, meta)
@@ -158,7 +172,7 @@ def _with_source(batches: Iterable[dict[str, torch.Tensor]], source: np.ndarray 
 
 
 def predict_coords(
-    module: Any, slide: Slide, coords: np.ndarray, *, batch_size: int = 64, workers: int | None = None,
+    module: BatchPredictor, slide: Slide, coords: np.ndarray, *, batch_size: int = 64, workers: int | None = None,
     progress: bool = False, recipe: Recipe = PLAIN, gene_axes: GeneAxes | None = None,
     adapt_spots: int = ADAPT_SPOTS,
 ) -> np.ndarray:
@@ -173,21 +187,21 @@ def predict_coords(
     device = next(module.parameters()).device
     if workers is None:
         workers = 1 if device.type == "cpu" else max(1, min(8, (os.cpu_count() or 2) - 1))
-    patch = meta["patch"]
-    stream = PatchStream(slide, patch["pixel_size"], patch["spot_px"], patch["region_px"], batch_size, workers)
+    stream = PatchStream(slide, meta.patch, batch_size, workers)
     if not len(coords):
-        return np.zeros((0, len(meta["panel"])), dtype=np.float32)
+        return np.zeros((0, len(meta.panel)), dtype=np.float32)
     sample = _sample(np.asarray(coords), adapt_spots)
     source = None
-    if (meta.get("stain") or {}).get("normalise", "none") != "none":
+    if meta.stain_normalise != "none":
         source = lab_stats(b["spot"] for b in stream.batches(sample))
     adabn_batches = _with_source(stream.batches(sample), source) if recipe.adabn else None
     batches = _with_source(_progress(stream.batches(coords), len(coords), progress), source)
     pred = predict_loader(module, batches, adabn_batches=adabn_batches, tta=recipe.tta)
     pred = adjust(pred, recipe, lambda: np.asarray(coords, np.float64) * slide.mpp, gene_axes)
     ckpt = getattr(module, "checkpoint_path", None)
-    recipe, factor = resolve_calibration(recipe, None if ckpt is None else Path(ckpt).parent, "train_mean" in meta)
-    level = np.asarray(meta["train_mean"], np.float64) if recipe.calibrate != "none" else None
+    recipe, factor = resolve_calibration(recipe, None if ckpt is None else Path(ckpt).parent,
+                                         meta.train_mean is not None)
+    level = np.asarray(meta.train_mean, np.float64) if recipe.calibrate != "none" else None
     return calibrated(pred, recipe, level, factor)
 
 
@@ -219,15 +233,16 @@ def _grid_spots(s: Slide, mask: np.ndarray, scalef: float, fov_px: float, pitch:
     return coords, barcodes, {C.OBS_ARRAY_X: idx[:, 0], C.OBS_ARRAY_Y: idx[:, 1], "tissue_fraction": frac}
 
 
-def _choose_spots(s: Slide, m: dict[str, Any], mask: np.ndarray, scalef: float, fov_px: float,
-                  spots: str | Path | None, pitch_um: float | None, grid: str, min_tissue: float, slide_path: Path,
+def _choose_spots(s: Slide, geometry: PatchGeometry, mask: np.ndarray, scalef: float, fov_px: float,
+                  layout: SpotLayout, slide_path: Path,
                   ) -> tuple[np.ndarray, list[str], dict[str, np.ndarray], float | None]:
     """The spots to predict: a `spots` file's centres, else a grid over the tissue; (coords, barcodes, obs, pitch)."""
-    if spots is not None:
-        coords, barcodes = read_spots(spots, s.size)
+    if layout.spots is not None:
+        coords, barcodes = read_spots(layout.spots, s.size)
         return coords, barcodes, {"tissue_fraction": tissue_fraction(mask, scalef, coords, fov_px)}, None
-    pitch = float(pitch_um) if pitch_um is not None else default_pitch_um(m["pixel_size"], m["spot_px"])
-    coords, barcodes, obs = _grid_spots(s, mask, scalef, fov_px, pitch, grid, min_tissue, slide_path)
+    pitch = (float(layout.pitch_um) if layout.pitch_um is not None
+             else default_pitch_um(geometry.pixel_size, geometry.spot_px))
+    coords, barcodes, obs = _grid_spots(s, mask, scalef, fov_px, pitch, layout.grid, layout.min_tissue, slide_path)
     return coords, barcodes, obs, pitch
 
 
@@ -245,59 +260,50 @@ def predict_slide(
     out: str | Path,
     *,
     mpp: float | None = None,
-    spots: str | Path | None = None,
-    grid: str = "hex",
-    pitch_um: float | None = None,
-    genes: Sequence[str] | None = None,
-    batch_size: int = 64,
-    device: str = "auto",
-    progress: bool = True,
-    min_tissue: float = DEFAULT_MIN_FRACTION,
     level: int | None = None,
-    workers: int | None = None,
+    layout: SpotLayout = SpotLayout(),
+    compute: Compute = Compute(),
+    genes: Sequence[str] | None = None,
     recipe: Recipe = PLAIN,
     fmt: str = "h5ad",
 ) -> Path:
     """Predict a whole slide: predictions.h5ad, .csv, maps/<gene>.png, index.html (and with `fmt="spatialdata"`
-    predictions.zarr) in `out`. Spots: a `grid` ('hex' Visium-like or 'square' legacy ST) every `pitch_um` microns
-    (default: `default_pitch_um`) over the tissue, kept where at least `min_tissue` of the spot's field of view is
-    tissue; or the centres of a `spots` CSV (x, y in level-0 pixels, optional barcode). `mpp` (level-0 um/px)
-    overrides the file's and is required when the file records none. `level` forces a pyramid level (default: the
-    coarsest level at least as fine as the patch scale). `recipe`: the test-time options (`hifusion.recipe`; the CLI
-    resolves them with `resolve_recipe`). Returns the output folder."""
+    predictions.zarr) in `out`, at the spots of `layout` (a grid over the tissue, or a spots file). `mpp` (level-0
+    um/px) overrides the file's and is required when the file records none. `level` forces a pyramid level (default:
+    the coarsest level at least as fine as the patch scale). `recipe`: the test-time options (`hifusion.recipe`; the
+    CLI resolves them with `resolve_recipe`). Returns the output folder."""
     checkpoint, slide_path, out = Path(checkpoint), Path(slide), Path(out)
-    _check_options(grid, pitch_um, batch_size, fmt)
-    module, meta = load_predictor(checkpoint, device)
-    m = check_meta(meta, checkpoint)
-    panel = m["panel"]
+    _check_options(layout.grid, layout.pitch_um, compute.batch_size, fmt)
+    module, meta = load_predictor(checkpoint, compute.device)
+    panel, geo, label = meta.panel, meta.patch, meta.require_label(checkpoint)
     axes = read_gene_axes(checkpoint.parent, recipe.gene_pcs, panel) if recipe.gene_pcs > 0 else None
     unknown = [g for g in genes or [] if g not in panel]
     if unknown:
         raise ConfigError(f"gene(s) not in the checkpoint's panel of {len(panel)}: {', '.join(unknown)}", checkpoint)
     show = outputs.map_genes(panel, genes)
 
-    s = open_slide(slide_path, mpp=mpp, target_mpp=m["pixel_size"], level=level)
+    s = open_slide(slide_path, mpp=mpp, target_mpp=geo.pixel_size, level=level)
     try:
         width, height = s.size
         thumb = s.image.thumbnail(C.HIRES_MAX_SIDE)
         scalef = thumb.shape[1] / width
-        fov_px = m["spot_px"] * m["pixel_size"] / s.mpp  # spot field of view, level-0 pixels
+        fov_px = geo.spot_px * geo.pixel_size / s.mpp  # spot field of view, level-0 pixels
         mask = detect_tissue(thumb, min_object_px=max(4, int(np.pi * (fov_px * scalef / 2) ** 2)))
-        coords, barcodes, obs, pitch = _choose_spots(s, m, mask, scalef, fov_px, spots, pitch_um, grid, min_tissue,
-                                                     slide_path)
-        stream = PatchStream(s, m["pixel_size"], m["spot_px"], m["region_px"], batch_size)
+        coords, barcodes, obs, pitch = _choose_spots(s, geo, mask, scalef, fov_px, layout, slide_path)
+        stream = PatchStream(s, geo, compute.batch_size)
         obs[C.OBS_AT_BORDER] = stream.at_border(coords)
-        pred = predict_coords(module, s, coords, batch_size=batch_size, workers=workers, progress=progress,
-                              recipe=recipe, gene_axes=axes)
-        info = {**outputs.provenance(meta["model"]["name"], m["label"], checkpoint, recipe.to_dict()),
+        pred = predict_coords(module, s, coords, batch_size=compute.batch_size, workers=compute.workers,
+                              progress=compute.progress, recipe=recipe, gene_axes=axes)
+        spots = layout.spots
+        info = {**outputs.provenance(meta.model_name, label, checkpoint, recipe.to_dict()),
             "slide": str(slide_path), "mpp": s.mpp, "mpp_source": s.mpp_source,
             "level": s.level, "level_mpp": s.level_mpp,
-            "pixel_size": m["pixel_size"], "spot_px": m["spot_px"], "region_px": m["region_px"],
+            "pixel_size": geo.pixel_size, "spot_px": geo.spot_px, "region_px": geo.region_px,
             "spots": "file" if spots is not None else "grid", "spots_file": None if spots is None else str(spots),
-            "grid": None if spots is not None else grid, "pitch_um": pitch,
-            "min_tissue_fraction": None if spots is not None else float(min_tissue), "n_spots": int(len(coords)),
-            "device": str(next(module.parameters()).device),
-            **recipe.to_dict(), "stain_normalise": (meta.get("stain") or {}).get("normalise", "none")}
+            "grid": None if spots is not None else layout.grid, "pitch_um": pitch,
+            "min_tissue_fraction": None if spots is not None else float(layout.min_tissue),
+            "n_spots": int(len(coords)), "device": str(next(module.parameters()).device),
+            **recipe.to_dict(), "stain_normalise": meta.stain_normalise}
         he = s.image.thumbnail(SD_IMAGE_MAX_SIDE) if fmt == "spatialdata" else None
     finally:
         s.close()
@@ -309,6 +315,6 @@ def predict_slide(
     if he is not None:
         _write_zarr(out / C.PREDICTIONS_ZARR, adata, he, s.mpp * width / he.shape[1], coords, s.mpp, fov_px)
     outputs.write_csv(out / outputs.PREDICTIONS_CSV, barcodes, coords, pred, panel)
-    maps = outputs.write_maps(out / outputs.MAPS_DIR, show, panel, pred, coords, thumb, scalef, fov_px, m["label"])
+    maps = outputs.write_maps(out / outputs.MAPS_DIR, show, panel, pred, coords, thumb, scalef, fov_px, label)
     outputs.write_index(out / outputs.INDEX_HTML, maps, {k: v for k, v in info.items() if v is not None})
     return out

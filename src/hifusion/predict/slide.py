@@ -32,6 +32,7 @@ import torch
 from hifusion.data.image import PilImage, SlideImage, level_image, level_sizes, open_image
 from hifusion.data.patches import crosses_border, extract_patch, spot_from_region, window
 from hifusion.errors import InputError
+from hifusion.geometry import PatchGeometry
 
 MPP_RANGE = (0.01, 100.0)  # um/px outside this is a unit mix-up (inches, dpi), not a microscope scan
 BLOCK_AREA_FACTOR = 4.0  # read a batch's bounding box at once when it is at most this many times its windows' area
@@ -152,11 +153,9 @@ class PatchStream:
     decoded JPEG/PNG is shared read-only. At most `workers + 2` batches exist at a time.
     """
 
-    def __init__(
-        self, slide: Slide, pixel_size: float, spot_px: int, region_px: int, batch_size: int, workers: int = 1
-    ) -> None:
-        self.slide, self.pixel_size = slide, float(pixel_size)
-        self.spot_px, self.region_px = int(spot_px), int(region_px)
+    def __init__(self, slide: Slide, geometry: PatchGeometry, batch_size: int, workers: int = 1) -> None:
+        self.slide, self.pixel_size = slide, float(geometry.pixel_size)
+        self.spot_px, self.region_px = int(geometry.spot_px), int(geometry.region_px)
         self.batch_size, self.workers = max(1, int(batch_size)), max(1, int(workers))
         self._local = threading.local()
         self._lock = threading.Lock()

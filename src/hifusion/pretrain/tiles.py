@@ -23,6 +23,7 @@ import numpy as np
 from hifusion import constants as C
 from hifusion.data.cache import PatchFile, cache_sections, section_paths
 from hifusion.errors import ConfigError, InputError
+from hifusion.geometry import PatchGeometry
 
 
 @dataclass
@@ -119,7 +120,7 @@ def add_slide(tiles: TileSet, path: Path, *, mpp: float | None = None, min_tissu
     path = Path(path)
     s, coords = _tile_centres(path, mpp, tiles.mpp, tiles.tile_px, min_tissue, max_tiles, seed)
     try:
-        stream = PatchStream(s, tiles.mpp, tiles.tile_px, tiles.tile_px, batch_size=64)
+        stream = PatchStream(s, PatchGeometry(tiles.mpp, tiles.tile_px, tiles.tile_px), batch_size=64)
         arr = np.concatenate([b["region"].numpy().transpose(0, 2, 3, 1) for b in stream.batches(coords)])
     finally:
         s.close()

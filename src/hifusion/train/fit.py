@@ -32,7 +32,7 @@ def fit_and_predict(model_cfg: ModelConfig, train_cfg: TrainConfig, data: SplitD
 
     seed_everything(train_cfg.seed, workers=True, verbose=False)  # the initial weights depend on the seed alone
     model = create_model(model_cfg.name, n_genes=len(data.panel), **model_cfg.options)
-    fitter = get_fitter(getattr(model, "input_kind", "spot_region"), model_cfg.name)
+    fitter = get_fitter(model.input_kind, model_cfg.name)  # the registry entry's kind, set by create_model
     if is_global_zero():  # other DDP ranks write nothing (and must not make rank 0 see a non-empty results folder)
         run_dir.mkdir(parents=True, exist_ok=True)
     set_threads(train_cfg)

@@ -29,10 +29,13 @@ import torch
 from hifusion import __version__
 from hifusion import constants as C
 from hifusion.checkpoint import load_state_into, save_model_checkpoint
+from hifusion.checkpoint_meta import CheckpointMeta
 from hifusion.config import ModelConfig, TrainConfig
+from hifusion.contracts import BatchPredictor
 from hifusion.data.datasets import SectionDataset, SpotDataset, patch_mean_std
 from hifusion.data.splitdata import SplitData
 from hifusion.errors import ConfigError
+from hifusion.geometry import PatchGeometry
 from hifusion.inference import Predictor, SectionEmbeddings, predict_rows, predict_section, used_inputs
 from hifusion.models.encoders import preset_inputs
 from hifusion.preprocess import has_batchnorm, input_sources, rescale_warnings
@@ -93,33 +96,37 @@ def stain_for(data: SplitData) -> dict[str, Any]:
     return stain_meta(st.augment.model_dump(), st.normalise, ref)
 
 
+def geometry(data: SplitData) -> PatchGeometry:
+    """The patch geometry of a split's cache."""
+    return PatchGeometry(float(data.pixel_size), int(data.spot_px), int(data.region_px))
+
+
 def input_views(model: torch.nn.Module, data: SplitData) -> dict[str, dict[str, Any]]:
     """How each image input fed by an encoder preset is cut from the cache (`models.encoders.preset_inputs`)."""
-    return preset_inputs(model, pixel_size=float(data.pixel_size), spot_px=int(data.spot_px),
-                         region_px=int(data.region_px))
+    return preset_inputs(model, geometry(data))
 
 
 def make_meta(model_cfg: ModelConfig, data: SplitData, norm: dict[str, Any],
-              model: torch.nn.Module | None = None) -> dict[str, Any]:
+              model: torch.nn.Module | None = None) -> CheckpointMeta:
     """Everything prediction needs besides the weights; primitives only so `weights_only=True` loads it.
 
     A model with encoder presets also gets `inputs` (each preset input's crop, size and mean/std), and the run
     warns once per preset whose scale differs from the cache's; without presets the metadata is as it always was."""
-    meta = {
-        "stain": stain_for(data),
-        "train_mean": [float(x) for x in data.train_labels().mean(0)],  # the level `calibrate: centre` restores
-        "version": __version__,
-        "model": {"name": model_cfg.name, "options": json.loads(json.dumps(model_cfg.options))},
-        "panel": list(data.panel),
-        "label": data.label,
-        "patch": {"pixel_size": float(data.pixel_size), "spot_px": int(data.spot_px),
-                  "region_px": int(data.region_px)},
-        "normalisation": norm,
-        "train_sections": list(data.train_sections),
-    }
     views = {} if model is None else input_views(model, data)
+    meta = CheckpointMeta(
+        stain=stain_for(data),
+        train_mean=[float(x) for x in data.train_labels().mean(0)],  # the level `calibrate: centre` restores
+        version=__version__,
+        model_name=model_cfg.name,
+        model_options=json.loads(json.dumps(model_cfg.options)),
+        panel=list(data.panel),
+        label=data.label,
+        patch=geometry(data),
+        normalisation=norm,
+        train_sections=list(data.train_sections),
+        inputs=views or None,
+    )
     if views:
-        meta[C.META_INPUTS] = views
         for line in rescale_warnings(meta):
             warnings.warn(line, stacklevel=2)
     return meta
@@ -158,22 +165,22 @@ def stain_list(data: SplitData, sections: list[str]) -> list[np.ndarray] | None:
 
 
 # --------------------------------------------------------------------------------------------------- predictors
-def rows_predictor(module: Any, data: SplitData, batch_size: int) -> RowsPredictor:
+def rows_predictor(module: BatchPredictor, data: SplitData, batch_size: int) -> RowsPredictor:
     """(section, rows, recipe) -> predictions of a spot-level module on cache rows."""
 
     def predict(section: str, rows: np.ndarray, recipe: Recipe = PLAIN) -> np.ndarray:
-        return predict_rows(module, data.patches[section], rows, data.spot_px, data.region_px, batch_size=batch_size,
+        return predict_rows(module, data.patches[section], rows, geometry(data), batch_size=batch_size,
                             stain_src=data.stain_source(section), recipe=recipe)
 
     return predict
 
 
-def section_predictor(module: Any, data: SplitData) -> RowsPredictor:
+def section_predictor(module: BatchPredictor, data: SplitData) -> RowsPredictor:
     """(section, rows, recipe) -> predictions of a whole-section module, the rows in one pass."""
 
     def predict(section: str, rows: np.ndarray, recipe: Recipe = PLAIN) -> np.ndarray:
-        return predict_section(module, data.patches[section], rows, data.array_coords(section, rows), data.spot_px,
-                               data.region_px, stain_src=data.stain_source(section), recipe=recipe)
+        return predict_section(module, data.patches[section], rows, data.array_coords(section, rows), geometry(data),
+                               stain_src=data.stain_source(section), recipe=recipe)
 
     return predict
 
@@ -193,17 +200,30 @@ def _fit_closed_form(model: torch.nn.Module, model_cfg: ModelConfig, train_cfg: 
 
 
 # ------------------------------------------------------------------------------------------ Lightning training
+@dataclass
+class LightningPlan:
+    """What differs between the trained kinds: their datasets, batching, the gene heads' starting level, the
+    Lightning module and how the fitted module predicts cache rows."""
+
+    train_ds: Any
+    val_ds: Any | None
+    batch_size: int | None  # None: one section per batch
+    head_level: torch.Tensor
+    module_cls: type[ExpressionModule]
+    predictor: Callable[[ExpressionModule], RowsPredictor]
+
+
 def _fit_lightning(model: torch.nn.Module, model_cfg: ModelConfig, cfg: TrainConfig, data: SplitData, run_dir: Path,
-                   resume: bool, *, datasets: tuple[Any, Any | None], batch_size: int | None, head_level: torch.Tensor,
-                   module_cls: type[ExpressionModule], predictor: Callable[[Any], RowsPredictor]) -> FitResult:
+                   resume: bool, plan: LightningPlan) -> FitResult:
     """The Lightning path every trained kind shares: metadata, gene-head start, `run_lightning`, test predictions."""
-    train_ds, val_ds = datasets
+    train_ds, val_ds, batch_size, head_level = plan.train_ds, plan.val_ds, plan.batch_size, plan.head_level
+    module_cls, predictor = plan.module_cls, plan.predictor
     meta = make_meta(model_cfg, data, normalisation_for(model_cfg, data), model)
     if cfg.scale_labels == "gene":
         if getattr(model, "zinb_weight", 0):
             raise ConfigError(f"model '{model_cfg.name}' fits a count likelihood (zinb_weight) to its labels: "
                               "train.scale_labels must be 'none'")
-        meta["label_scale"] = label_scale(data.fit_train_labels(cfg.centre_labels))
+        meta.label_scale = label_scale(data.fit_train_labels(cfg.centre_labels))
         head_level = torch.zeros_like(head_level)  # standardised labels have mean 0
     init_bias = getattr(model, "init_output_bias", None)
     if callable(init_bias):  # gene heads start at the mean training label (training spots only)
@@ -225,7 +245,7 @@ def _fit_lightning(model: torch.nn.Module, model_cfg: ModelConfig, cfg: TrainCon
                      global_rank=int(trainer.global_rank), predict=predict, flattering=flattering)
 
 
-def _test_selection(module: Any, data: SplitData, predictor: Callable[[Any], RowsPredictor],
+def _test_selection(module: ExpressionModule, data: SplitData, predictor: Callable[[ExpressionModule], RowsPredictor],
                     run_dir: Path) -> TestSelection:
     """`train.select_on_test: mse`: MSE over every (spot, gene) of the test sections pooled, as the HiFusion
     reference code scores its held-out fold each epoch; the best epoch's weights go to `CKPT_BEST_TEST`."""
@@ -240,8 +260,9 @@ def _test_selection(module: Any, data: SplitData, predictor: Callable[[Any], Row
                          run_dir / C.CKPT_DIR / C.CKPT_BEST_TEST)
 
 
-def _flattering_result(module: Any, module_cls: type[ExpressionModule], cfg: TrainConfig, data: SplitData,
-                       predictor: Callable[[Any], RowsPredictor], selection: TestSelection) -> FitResult | None:
+def _flattering_result(module: ExpressionModule, module_cls: type[ExpressionModule], cfg: TrainConfig, data: SplitData,
+                       predictor: Callable[[ExpressionModule], RowsPredictor],
+                       selection: TestSelection) -> FitResult | None:
     """A copy of the model with the test-selected weights, predicting the test sections (the flattering row)."""
     if not selection.path.exists():
         return None
@@ -269,11 +290,10 @@ def _fit_spot_model(model: torch.nn.Module, model_cfg: ModelConfig, cfg: TrainCo
     train_ds = _spot_dataset(data, data.train_rows, cfg.centre_labels, augment=cfg.augment, seed=cfg.seed)
     if train_ds is None:
         raise ConfigError(f"split {data.split.name}: no training spots")
-    return _fit_lightning(model, model_cfg, cfg, data, run_dir, resume,
-                          datasets=(train_ds, _spot_dataset(data, data.val_rows, cfg.centre_labels)),
-                          batch_size=cfg.batch_size,
-                          head_level=torch.from_numpy(train_ds.labels.mean(0)), module_cls=ExpressionModule,
-                          predictor=lambda m: rows_predictor(m, data, max(cfg.batch_size, 32)))
+    plan = LightningPlan(train_ds, _spot_dataset(data, data.val_rows, cfg.centre_labels), cfg.batch_size,
+                         torch.from_numpy(train_ds.labels.mean(0)), ExpressionModule,
+                         lambda m: rows_predictor(m, data, max(cfg.batch_size, 32)))
+    return _fit_lightning(model, model_cfg, cfg, data, run_dir, resume, plan)
 
 
 def _section_dataset(data: SplitData, rows: dict[str, np.ndarray], with_labels: bool, with_region: bool,
@@ -294,16 +314,15 @@ def _section_dataset(data: SplitData, rows: dict[str, np.ndarray], with_labels: 
 @register_fitter("section")
 def _fit_section_model(model: torch.nn.Module, model_cfg: ModelConfig, cfg: TrainConfig, data: SplitData,
                        run_dir: Path, resume: bool) -> FitResult:
-    with_region = "region" in input_sources({C.META_INPUTS: input_views(model, data)}, used_inputs(model))
+    with_region = "region" in input_sources(input_views(model, data), used_inputs(model))
     train_ds = _section_dataset(data, data.train_rows, True, with_region, augment=cfg.augment, seed=cfg.seed,
                                 centre=cfg.centre_labels)
     if train_ds is None:
         raise ConfigError(f"split {data.split.name}: no training spots")
     val_ds = _section_dataset(data, data.val_rows, True, with_region, centre=cfg.centre_labels)
     level = torch.as_tensor(data.train_labels().mean(0), dtype=torch.float32)
-    return _fit_lightning(model, model_cfg, cfg, data, run_dir, resume, datasets=(train_ds, val_ds),
-                          batch_size=None, head_level=level, module_cls=SectionModule,
-                          predictor=lambda m: section_predictor(m, data))
+    plan = LightningPlan(train_ds, val_ds, None, level, SectionModule, lambda m: section_predictor(m, data))
+    return _fit_lightning(model, model_cfg, cfg, data, run_dir, resume, plan)
 
 
 @register_fitter("retrieval")

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hifusion.checkpoint_meta import CheckpointMeta
 from hifusion.config import TrainConfig
 from hifusion.constants import CKPT_META_KEY
 from hifusion.inference import call_model, model_inputs, predict_views, to_label_units, to_model_units
@@ -25,7 +26,7 @@ __all__ = ["ExpressionModule", "SectionModule"]
 class ExpressionModule(L.LightningModule):
     """Trains any spot-level model of the registry on (spot, region) patches and expression labels."""
 
-    def __init__(self, model: nn.Module, train_cfg: TrainConfig, meta: dict[str, Any]) -> None:
+    def __init__(self, model: nn.Module, train_cfg: TrainConfig, meta: CheckpointMeta) -> None:
         super().__init__()
         self.model = model
         self.cfg = train_cfg
@@ -98,7 +99,7 @@ class ExpressionModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CKPT_META_KEY] = self.meta
+        checkpoint[CKPT_META_KEY] = self.meta.to_dict()
         checkpoint.pop("hyper_parameters", None)
 
 
