@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from hifusion.data.cache import load_cache
+from hifusion.data.cache.reader import load_cache
 from hifusion.data.prepare import prepare_sections
 
 REPO = Path(__file__).resolve().parents[1]

@@ -20,7 +20,7 @@ from hifusion.data.splitdata import SplitData
 from hifusion.inference import calibration_key
 from hifusion.io import atomic_write_text
 from hifusion.preprocess import centre_on, gene_axes, project_genes, shrink_factor, smooth_spatial
-from hifusion.train.distributed import is_global_zero
+from hifusion.ranks import is_global_zero
 from hifusion.train.fitters import FitResult, get_fitter
 from hifusion.train.trainer import set_threads
 
