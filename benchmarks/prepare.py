@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from hifusion.config import PrepareConfig
-from hifusion.data.cache import load_cache
+from hifusion.data.cache.reader import load_cache
 from hifusion.data.prepare import prepare_sections
 
 REPO = Path(__file__).resolve().parents[1]

@@ -185,8 +185,9 @@ LOADER_SCRIPT = """
 import sys, time
 import numpy as np, torch
 from pathlib import Path
-from hifusion.data.datasets import SpotDataset
-from hifusion.data.cache import PatchFile, cache_sections
+from hifusion.data.torch_datasets import SpotDataset
+from hifusion.data.cache.layout import cache_sections
+from hifusion.data.cache.reader import PatchFile
 cache, spots, workers = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 names = cache_sections(cache)
 files = [PatchFile(cache / f"{s}.patches.h5") for s in names]

@@ -106,7 +106,7 @@ def conv_gflops(device: torch.device, reps: int) -> float:
 def build_cache(profile: str, spot_px: int, workdir: Path) -> tuple[Any, str]:
     """Prepare one real section at the profile's scale into a temporary cache; returns (PatchFile, source)."""
     from hifusion.config import PrepareConfig
-    from hifusion.data.cache import load_cache
+    from hifusion.data.cache.reader import load_cache
     from hifusion.data.prepare import prepare_sections
     from hifusion.data.sample import her2st_sample
 
@@ -140,7 +140,7 @@ def count_gmac(model: torch.nn.Module, spot_px: int, device: torch.device) -> fl
 # ----------------------------------------------------------------------------------------------------- data path
 def spot_loader(patches: Any, batch: int, workers: int, host_float: bool = False) -> torch.utils.data.DataLoader:
     """The training loader (SpotDataset, D4 augmentation); `host_float` converts and normalises in the loader."""
-    from hifusion.data.datasets import SpotDataset
+    from hifusion.data.torch_datasets import SpotDataset
 
     ds: Any = SpotDataset([patches], [np.arange(len(patches))], [np.zeros((len(patches), 1), np.float32)],
                           spot_px=int(patches.attrs["spot_px"]), region_px=int(patches.attrs["region_px"]),

@@ -27,7 +27,7 @@ ALLOWED: dict[str, set[str]] = {
     "inference": {"core", "data", "models", "inference"},
     "train": {"core", "data", "models", "inference", "train"},
     "predict": {"core", "data", "models", "inference", "predict"},
-    # self-supervised pretraining: tiles slides with predict's reader and tissue rule; no Lightning, no training code
+    # self-supervised pretraining: tiles slides with predict's slide reader and data's tissue rule; no Lightning
     "pretrain": {"core", "data", "models", "inference", "predict", "pretrain"},
     "orchestration": {"core", "data", "models", "inference", "train", "predict", "pretrain", "orchestration"},
     "cli": {"core", "data", "models", "inference", "train", "predict", "pretrain", "orchestration", "cli"},

@@ -9,7 +9,6 @@ from scipy import stats as sps
 from hifusion.data.genes import top_variable_genes
 from hifusion.metrics import (
     pcc_columns,
-    pcc_rows,
     per_gene_metrics,
     section_metrics,
 )
@@ -53,9 +52,6 @@ def test_pcc_matches_scipy_pearsonr() -> None:
     ref = [sps.pearsonr(pred[:, j], truth[:, j])[0] for j in range(7)]
     np.testing.assert_allclose(r, ref, atol=1e-12)
     assert not const.any()
-    r, const = pcc_rows(pred, truth)
-    ref = [sps.pearsonr(pred[i], truth[i])[0] for i in range(25)]
-    np.testing.assert_allclose(r, ref, atol=1e-12)
 
 
 def test_float32_input_is_scored_in_float64() -> None:
@@ -87,8 +83,6 @@ def test_constant_prediction_scores_zero_not_excluded() -> None:
     assert m["n_const_genes"] == 0 and m["n_const_spots"] == 0
     r, const = pcc_columns(pred, truth)
     assert r[2] == 0.0 and not const[2]
-    rs, _ = pcc_rows(pred, truth)
-    assert rs[5] == 0.0
     assert m["pcc_gene"] == pytest.approx(_anchor_scores(pred, truth)[3], abs=1e-12)
     assert m["pcc_spot"] == pytest.approx(_anchor_scores(pred, truth)[2], abs=1e-12)
 

@@ -12,11 +12,9 @@ from PIL import Image
 from hifusion.plots import (
     BAR_INCH,
     DPI,
-    SINGLE_MAP_INCH,
     SPOT_MAP_INCH,
     backdrop,
     faded,
-    plot_expression_map,
     plot_marker_maps,
     plot_spot_maps,
     plot_training_curves,
@@ -107,14 +105,6 @@ def test_training_curves(tmp_path: Path) -> None:
     }
     assert _open(plot_training_curves(tmp_path / "c.png", curves)).size == (800, 300)
     assert _open(plot_training_curves(tmp_path / "e.png", {})).size == (400, 300)
-
-
-def test_expression_map(tmp_path: Path) -> None:
-    thumb, coords, scalef = _slide()
-    out = plot_expression_map(tmp_path / "g.png", thumb, scalef, coords, np.arange(30.0), "ERBB2 (predicted)", 100.0)
-    assert _open(out).size == _size(1, 1, SINGLE_MAP_INCH)
-    flat = plot_expression_map(tmp_path / "f.png", None, scalef, coords, np.ones(30), "flat", 100.0)
-    assert _open(flat).size == _size(1, 1, SINGLE_MAP_INCH)
 
 
 def test_marker_maps_accepts_swapped_gene_arguments(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from hifusion import constants as C
 from hifusion.errors import HifusionError
 
 app = typer.Typer(
@@ -148,13 +149,13 @@ def train(config: ConfigArg, out: OutOpt = None, resume: ResumeOpt = False, set_
 
     The mean-profile floor is scored next to it on the same sections.
     """
-    from hifusion.config import ModelConfig, load_config
+    from hifusion.config import load_config, with_floor
 
     cfg = load_config(config, _scale_sets(set_, devices, num_nodes, strategy, accelerator))  # fails fast
     from hifusion.evaluate.protocols import run_benchmark  # seconds of imports: only for a valid config
 
-    models = [cfg.model] + ([] if cfg.model.name == "mean_profile" else [ModelConfig(name="mean_profile")])
-    result = run_benchmark(cfg, out or cfg.output / cfg.name, models=models, resume=resume, title="Training run")
+    result = run_benchmark(cfg, out or cfg.output / cfg.name, models=with_floor([cfg.model]), resume=resume,
+                           title="Training run")
     _print_summary(result)
 
 
@@ -242,9 +243,9 @@ def predict(
         compute=Compute(batch_size, device, progress=True), genes=_sections(genes), fmt=fmt, recipe=recipe,
     )
     typer.echo(f"test-time options: {', '.join(f'{k}={v}' for k, v in recipe.to_dict().items())} ({source})")
-    typer.echo(f"predictions: {result / 'predictions.h5ad'}  maps: {result / 'index.html'}")
+    typer.echo(f"predictions: {result / C.PREDICTIONS_H5AD}  maps: {result / C.INDEX_HTML}")
     if fmt == "spatialdata":
-        typer.echo(f"SpatialData: {result / 'predictions.zarr'}")
+        typer.echo(f"SpatialData: {result / C.PREDICTIONS_ZARR}")
 
 
 @app.command()
@@ -279,7 +280,7 @@ def ablate(
 def efficiency(
     device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N")] = "cpu",
     out: Annotated[Path, typer.Option("--out", "-o", help="Markdown table; a .csv twin is written beside it.")]
-    = Path("efficiency.md"),
+    = Path(C.EFFICIENCY_MD),
     models: Annotated[str | None, typer.Option(help="Comma-separated models (default: every registered one).")]
     = None,
     profiles: Annotated[str, typer.Option(help="Comma-separated input-size profiles: paper, cpu.")] = "paper,cpu",
@@ -306,7 +307,7 @@ def hest_bench(
                                                           "encoder=resnet50 or encoder_weights=/path.pth.")] = None,
     checkpoint: Annotated[Path | None, typer.Option(help="A trained checkpoint instead of --model: its encoder.")]
     = None,
-    genes: Annotated[str, typer.Option(help="Gene list JSON in the task folder.")] = "var_50genes.json",
+    genes: Annotated[str, typer.Option(help="Gene list JSON in the task folder.")] = C.HEST_GENES_JSON,
     patch_mpp: Annotated[float, typer.Option(help="um/px of the task's patches (HEST-Benchmark: 0.5).")] = 0.5,
     batch_size: Annotated[int, typer.Option(help="Patches per forward pass.")] = 128,
     seed: Annotated[int, typer.Option(help="PCA / ridge random state (HEST's default 1).")] = 1,

@@ -330,10 +330,7 @@ class Config(_Strict):
 
     def benchmark_models(self) -> list[ModelConfig]:
         """The models a benchmark runs: the configured list, with the mean-profile floor always included."""
-        models = list(self.models) if self.models else [self.model]
-        if not any(m.name == "mean_profile" for m in models):
-            models.append(ModelConfig(name="mean_profile"))
-        return models
+        return with_floor(list(self.models) if self.models else [self.model])
 
     def train_for(self, model: ModelConfig) -> TrainConfig:
         """The train section with a model's own overrides applied (validated again)."""
@@ -347,6 +344,11 @@ class Config(_Strict):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def with_floor(models: list[ModelConfig]) -> list[ModelConfig]:
+    """`models` and, unless one of them is it, the mean-profile floor: every model is scored next to it."""
+    return models if any(m.name == C.MEAN_PROFILE for m in models) else [*models, ModelConfig(name=C.MEAN_PROFILE)]
 
 
 def _first_error(exc: ValidationError) -> str:

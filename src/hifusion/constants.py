@@ -152,7 +152,11 @@ UNS_UNIT = "unit"
 UNS_CHECKPOINT_SHA256 = "checkpoint_sha256"
 UNS_RECIPE = "recipe"
 UNS_VERSION = "version"
+PREDICTIONS_H5AD = "predictions.h5ad"  # predict: the slide's predictions (and their CSV twin)
+PREDICTIONS_CSV = "predictions.csv"
 PREDICTIONS_ZARR = "predictions.zarr"  # predict --format spatialdata
+MAPS_DIR = "maps"  # predict: one <gene>.png per drawn gene
+INDEX_HTML = "index.html"  # predict: the page showing the maps and what made them
 # SpatialData elements: one coordinate system, in microns
 SD_COORDINATE_SYSTEM = "global"
 SD_IMAGE = "he"
@@ -162,8 +166,27 @@ SD_REGION_KEY = "region"
 SD_INSTANCE_KEY = "spot_id"
 SD_BARCODE = "barcode"
 
+MEAN_PROFILE = "mean_profile"  # the floor model every benchmark scores beside the others (`config.with_floor`)
+
 # ---------------------------------------------------------------------------------------------- marker genes
 MARKER_GENES = ("ERBB2", "KRT19", "CD74", "TMSB10", "FASN", "GNAS")
+
+# ------------------------------------------------------------------------------------------ benchmark results folder
+RUNS_DIR = "runs"  # runs/<split>/<model>/: a model's checkpoints, predictions and done marker on a split
+DONE_JSON = "done.json"  # a model's finished run on a split (its fit info); `--resume` skips runs that have one
+PREDICTIONS_NPZ = "predictions.npz"  # a run's test predictions per section and test-time variant
+MEMBER_NPZ = "member.npz"  # seed<k>/member.npz: one seed's predictions of an ensemble
+RUN_JSON = "run.json"  # the command, resolved config, splits, panels, timings and environment of a benchmark
+PREDICTIONS_DIR = "predictions"  # predictions/<model>/[<split>/]<section>.h5ad (and .zarr) with truth beside
+ZARR_SUFFIX = ".zarr"
+FIGURES_DIR = "figures"
+MAPS_PNG = "maps_{name}.png"  # figures: marker-gene maps of one section
+TRAINING_CURVES_PNG = "training_curves.png"
+ABLATION_MD = "ablation.md"
+ABLATION_CSV = "ablation.csv"
+ABLATION_JSON = "ablation.json"  # the axes, seeds and every variant's options
+ABLATION_PNG = "ablation_{option}.png"
+EFFICIENCY_MD = "efficiency.md"  # `hifusion efficiency` default (a .csv twin beside it)
 
 # ------------------------------------------------------------------------------------------------ report files
 REPORT_MD = "report.md"  # the benchmark's human-readable summary

@@ -21,8 +21,8 @@ from torch import nn
 from hifusion import constants as C
 from hifusion.checkpoint_meta import CheckpointMeta
 from hifusion.contracts import BatchPredictor, ExpressionModel
-from hifusion.data.datasets import SectionDataset, SpotDataset
-from hifusion.data.embeddings import embeddings_path, patch_fingerprint, read_embeddings, write_embeddings
+from hifusion.data.cache.embeddings import embeddings_path, patch_fingerprint, read_embeddings, write_embeddings
+from hifusion.data.torch_datasets import SectionDataset, SpotDataset
 from hifusion.geometry import PatchGeometry
 from hifusion.preprocess import D4_SIZE, adabn, d4, input_sources, memory_format, preprocess_images, tta_mean
 from hifusion.recipe import PLAIN, Recipe
@@ -199,7 +199,7 @@ def embedding_key(base: dict[str, Any], section: str, patches: Any, view: int,
 class SectionEmbeddings:
     """Frozen-encoder embeddings of every spot of a section, per D4 view, for one fitted `Predictor`: computed once
     (fixed batches of `EMBEDDING_BATCH` spots, in cache order) and, with `cache`, stored beside the patch cache and
-    read back by every later fit, fold and run with the same key (`hifusion.data.embeddings`).
+    read back by every later fit, fold and run with the same key (`hifusion.data.cache.embeddings`).
 
     With or without the cache the same numbers reach the model's head, so predictions are identical either way.
     `stats` counts the (section, view) pairs that ran the encoder (`encoded`) and those read from the cache (`read`):

@@ -79,12 +79,6 @@ def pcc_columns(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.nda
     return _pcc_axis0(p, t)
 
 
-def pcc_rows(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pearson r per row (spot, across genes). Returns (r, const_truth); r is 0.0 where const_truth is True."""
-    p, t = _as_pair(pred, truth)
-    return _pcc_axis0(p.T, t.T)
-
-
 def _mean_or_zero(x: np.ndarray) -> float:
     """Mean of the included values; 0.0 when nothing is included (NaN is never reported)."""
     return float(x.mean()) if x.size else 0.0

@@ -308,26 +308,6 @@ def plot_training_curves(out_png: str | os.PathLike[str], curves: Mapping[str, p
     return _save(fig, out_png)
 
 
-def plot_expression_map(
-    out_png: str | os.PathLike[str],
-    thumbnail: np.ndarray | None,
-    scalef: float,
-    coords_px: np.ndarray,
-    values: np.ndarray,
-    title: str,
-    spot_diameter_px: float,
-    *,
-    label: str | None = None,
-    gene: str | None = None,
-) -> Path:
-    """One gene's values (measured or predicted) over the slide, in the layout of `plot_spot_maps` (one panel)."""
-    v = np.asarray(values, dtype=np.float64).ravel()
-    if v.shape[0] != len(_display_xy(coords_px, scalef)):
-        raise ValueError(f"{v.shape[0]} values for {len(coords_px)} spots")
-    return plot_spot_maps(out_png, thumbnail, scalef, coords_px, {title: v[:, None]}, [gene or ""], spot_diameter_px,
-                          label=label, panel_inch=SINGLE_MAP_INCH)
-
-
 def plot_ablation_lines(
     out_png: str | os.PathLike[str],
     x: np.ndarray,

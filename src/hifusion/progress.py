@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 PROGRESS_ENV = "HIFUSION_PROGRESS"  # "0": no bars (plain lines still appear)
@@ -31,14 +33,7 @@ def stderr_is_terminal() -> bool:
 
 
 def use_bars() -> bool:
-    """Progress that works everywhere: a rich bar on a terminal, plain one-line reports in log files and cluster jobs.
-
-A bar redrawn with carriage returns is unreadable in a log file (only its last state survives), so when stderr is not
-a terminal, or bars are switched off with `HIFUSION_PROGRESS=0` (CI does this), the commands print one plain line per
-unit of work instead, prefixed `[hifusion] ` like the package's other notes: per epoch (train), per section
-(prepare), every 10% of the spots (predict). Those lines are few and carry the figures a user watches (loss,
-validation scores, seconds), so they are printed in both cases.
-"""
+    """A redrawn bar only on an interactive terminal with bars allowed; plain lines otherwise."""
     return bars_allowed() and stderr_is_terminal()
 
 
@@ -83,3 +78,42 @@ class StepLines:
                 f"{rate:.1f} {self.unit}/s")
             while self.next_report <= frac + 1e-12:
                 self.next_report += self.step
+
+
+@contextmanager
+def counting(what: str, total: int, unit: str, *, enabled: bool = True,
+             per_item: bool = False) -> Iterator[Callable[..., None]]:
+    """Count `total` units of work; yields `advance(n=1, note=None)`. The one progress display of the commands.
+
+    On an interactive terminal with bars allowed: a rich bar (`what`, done/total `unit`, time left), each note printed
+    above it as `what note`. Otherwise plain lines: with `per_item` one per call (`what [done/total] note`), else
+    every 10% of the total (`StepLines`). Nothing at all when not `enabled` or there is nothing to count.
+    """
+    if not enabled or total <= 0:
+        yield lambda n=1, note=None: None
+        return
+    if not use_bars():
+        steps, done = StepLines(what, total, unit), 0
+
+        def line(n: int = 1, note: str | None = None) -> None:
+            nonlocal done
+            done += int(n)
+            if per_item:
+                say(f"{what} [{done}/{total}] {note}")
+            else:
+                steps.advance(n)
+
+        yield line
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn(what), BarColumn(), MofNCompleteColumn(), TextColumn(unit), TimeRemainingColumn())
+    with Progress(*columns, console=stderr_console()) as bar:
+        task = bar.add_task(what, total=total)
+
+        def advance(n: int = 1, note: str | None = None) -> None:
+            if note:
+                bar.console.print(f"{what} {note}")
+            bar.advance(task, n)
+
+        yield advance

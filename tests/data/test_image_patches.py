@@ -9,7 +9,7 @@ from conftest import MARKER
 from PIL import Image
 
 from hifusion.data.image import open_image
-from hifusion.data.patches import extract_patch, extract_patches, region_top_left, spot_from_region, window
+from hifusion.data.patches import extract_patch, iter_patches, region_top_left, spot_from_region, window
 from hifusion.errors import InputError
 
 
@@ -108,8 +108,8 @@ def test_border_flag_and_pad(tmp_path):
     arr = np.zeros((100, 100, 3), np.uint8)  # black frame -> black padding
     arr[10:90, 10:90] = 120
     with open_image(_png(tmp_path, arr)) as img:
-        patches, border = extract_patches(img, np.array([[50, 50], [5, 50], [95, 95]]), 40, 1.0, 1.0)
-        assert border.tolist() == [False, True, True]
+        patches, border = zip(*iter_patches(img, np.array([[50, 50], [5, 50], [95, 95]]), 40, 1.0, 1.0), strict=True)
+        assert list(border) == [False, True, True]
         assert (patches[1][:, :15] == 0).all()  # the part left of the image is pad colour
         _, b = extract_patch(img, (20, 20), 40, 1.0, 1.0)  # window [0, 40): touches but does not cross
         assert not b

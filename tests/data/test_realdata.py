@@ -7,7 +7,7 @@ import importlib.util
 import numpy as np
 import pytest
 
-from hifusion.data.cache import load_cache
+from hifusion.data.cache.reader import load_cache
 from hifusion.data.genes import select_panel
 from hifusion.data.readers import read_section
 from hifusion.data.sample import her2st_sample

@@ -2,8 +2,7 @@ import numpy as np
 import pytest
 
 from hifusion.config import ValConfig
-from hifusion.data.splitdata import with_validation_sections
-from hifusion.data.splits import Split, make_splits, spatial_block_split, split_2d
+from hifusion.data.splits import Split, make_splits, spatial_block_split, split_2d, with_validation_sections
 from hifusion.errors import ConfigError
 
 PATIENTS = {"A1": "A", "B4": "B", "C2": "C", "C3": "C", "C4": "C", "D1": "D"}

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hifusion.data.cache import load_cache
+from hifusion.data.cache.reader import load_cache
 from hifusion.data.readers import list_sections, read_section
 from hifusion.data.readers.visium import read_10x_h5
 from hifusion.errors import InputError

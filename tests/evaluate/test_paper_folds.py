@@ -62,7 +62,7 @@ def test_hifusion_paper_folds_over_full_her2st(tmp_path: Path) -> None:
 
 
 def test_stnet_patient_folds(tmp_path: Path) -> None:
-    from hifusion.data.splitdata import cache_patients
+    from hifusion.data.cache.reader import cache_patients
     from hifusion.data.splits import make_splits
 
     root = tmp_path / "stnet"

@@ -9,7 +9,7 @@ import pytest
 
 from hifusion import constants as C
 from hifusion.config import ModelConfig, parse_config
-from hifusion.evaluate.protocols import PRED_FILE, run_benchmark
+from hifusion.evaluate.protocols import run_benchmark
 from tests.synthetic import tiny_config, write_dataset
 
 TINY = {
@@ -39,7 +39,7 @@ def test_every_baseline_is_scored(bench: tuple[Path, object]) -> None:
     assert set(res.metrics["section"]) == {"P2", "Q1"}
     assert np.isfinite(res.metrics["value"]).all()
     for name in TINY:
-        with np.load(base / "out" / "runs" / "fixed" / name / PRED_FILE) as z:
+        with np.load(base / "out" / "runs" / "fixed" / name / C.PREDICTIONS_NPZ) as z:
             assert z["P2"].shape == (36, 20) and np.isfinite(z["P2"]).all()
     hist = (base / "out" / "runs" / "fixed" / "histogene" / C.RUN_METRICS).read_text()
     assert "val_mse" in hist and "train_loss" in hist  # validation on the held-out block, as for spot models
@@ -48,7 +48,7 @@ def test_every_baseline_is_scored(bench: tuple[Path, object]) -> None:
 @pytest.mark.parametrize("name", ["histogene", "linear_probe", "bleep"])
 def test_checkpoints_predict_alone(bench: tuple[Path, object], name: str) -> None:
     from hifusion.config import TrainConfig
-    from hifusion.data.cache import load_cache
+    from hifusion.data.cache.reader import load_cache
     from hifusion.data.splitdata import section_array_coords
     from hifusion.inference import predict_rows, predict_section
     from hifusion.models import model_entry
@@ -66,7 +66,7 @@ def test_checkpoints_predict_alone(bench: tuple[Path, object], name: str) -> Non
                                 section_array_coords(adata), meta.patch)
     else:
         again = predict_rows(ExpressionModule(model, TrainConfig(), meta), patches, rows, meta.patch)
-    with np.load(run / PRED_FILE) as z:
+    with np.load(run / C.PREDICTIONS_NPZ) as z:
         np.testing.assert_allclose(again, z["P2"], atol=1e-4)
 
 

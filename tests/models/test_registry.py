@@ -45,7 +45,7 @@ def test_register_factory_function() -> None:
         with pytest.raises(ValueError, match="already registered"):
             register_model("_test_linear")(lambda: nn.Identity())
     finally:
-        reg._REGISTRY.pop("_test_linear", None)
+        reg._REGISTRY.remove("_test_linear")
 
 
 def test_options_read_from_sources_match_the_registry() -> None:

@@ -18,6 +18,7 @@ from PIL import Image
 from hifusion import constants as C
 from hifusion.data.image import OpenSlideImage, TiffImage, level_image, level_sizes, open_image
 from hifusion.data.patches import extract_patch, spot_from_region
+from hifusion.data.tissue import lattice
 from hifusion.errors import CheckpointError, ConfigError, HifusionError, InputError
 from hifusion.geometry import PatchGeometry
 from hifusion.predict import (
@@ -32,7 +33,6 @@ from hifusion.predict import (
     spot_grid,
 )
 from hifusion.predict.slide import PatchStream
-from hifusion.predict.tissue import lattice
 from hifusion.recipe import Recipe
 
 from .slides import CPU, PANEL, PIXEL_SIZE, REGION_PX, SPOT_PX, synthetic_slide, write_checkpoint, write_pyramid_tiff

@@ -12,7 +12,7 @@ import torch
 
 from hifusion import constants as C
 from hifusion.data.image import open_image
-from hifusion.data.patches import extract_patches, spot_from_region
+from hifusion.data.patches import iter_patches, spot_from_region
 from hifusion.predict import SpotLayout, load_predictor, predict_slide
 
 from .slides import CPU, write_checkpoint
@@ -54,7 +54,7 @@ def test_c3_spots_match_prepare_patches(tmp_path: Path, c3: tuple[Path, pd.DataF
     module, meta = load_predictor(ckpt, "cpu")
     p = meta.patch
     with open_image(image) as img:  # what prepare stores: region patches by extract_patch, spot = centre crop
-        regions, _ = extract_patches(img, coords, p.region_px, p.pixel_size, C3_MPP)
+        regions = np.stack([r for r, _ in iter_patches(img, coords, p.region_px, p.pixel_size, C3_MPP)])
     ref = []
     with torch.no_grad():
         for i in range(0, len(regions), 64):

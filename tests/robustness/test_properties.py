@@ -11,7 +11,7 @@ import pandas as pd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hifusion.data.cache import load_cache
+from hifusion.data.cache.reader import load_cache
 from hifusion.errors import InputError
 from tests.robustness.helpers import MARKER, partial_files, write_her2st
 from tests.synthetic import prepare_cache

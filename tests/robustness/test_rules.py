@@ -20,7 +20,7 @@ import torch
 
 from hifusion import constants as C
 from hifusion.config import DataConfig, ValConfig
-from hifusion.data.cache import load_cache
+from hifusion.data.cache.reader import load_cache
 from hifusion.data.splitdata import load_split
 from hifusion.data.splits import Split
 from hifusion.errors import InputError

@@ -61,8 +61,8 @@ def _state_hash(state: dict[str, torch.Tensor]) -> str:
 
 def test_ddp_two_cpu_ranks(tmp_path: Path) -> None:
     from hifusion.config import TrainConfig, parse_config
-    from hifusion.data.splitdata import load_split, with_validation_sections
-    from hifusion.data.splits import make_splits
+    from hifusion.data.splitdata import load_split
+    from hifusion.data.splits import make_splits, with_validation_sections
     from hifusion.inference import predict_rows
     from hifusion.metrics import section_metrics
     from hifusion.models.loading import load_checkpoint
@@ -107,7 +107,7 @@ def test_ddp_two_cpu_ranks(tmp_path: Path) -> None:
 
     # validation metrics gathered over both ranks == one process on the same weights and validation spots
     cfg = parse_config(mapping)
-    from hifusion.data.splitdata import cache_patients
+    from hifusion.data.cache.reader import cache_patients
 
     p = cfg.protocol
     split = make_splits(p.name, cache_patients(cfg.data.cache), train=p.train, test=p.test, folds=p.folds, k=p.k,

@@ -12,7 +12,7 @@ import torch
 from hifusion import constants as C
 from hifusion.checkpoint_meta import CheckpointMeta
 from hifusion.config import parse_config
-from hifusion.evaluate.protocols import DONE_FILE, PRED_FILE, run_benchmark
+from hifusion.evaluate.protocols import run_benchmark
 from hifusion.geometry import PatchGeometry
 from tests.synthetic import tiny_config, write_dataset
 
@@ -29,9 +29,9 @@ def _bench(root: Path, cache: Path, out: Path, *, embedding_cache: bool = True,
     raw["adapt_variants"] = {"plain": {}}
     run_benchmark(parse_config(raw), out, figures=False)
     mdir = out / "runs" / "fixed" / "linear_probe"
-    with np.load(mdir / PRED_FILE) as z:
+    with np.load(mdir / C.PREDICTIONS_NPZ) as z:
         preds = {k: z[k] for k in z.files}
-    return preds, json.loads((mdir / DONE_FILE).read_text())
+    return preds, json.loads((mdir / C.DONE_JSON).read_text())
 
 
 def _files(cache: Path) -> dict[str, int]:
@@ -74,7 +74,7 @@ def test_predictions_are_identical_with_and_without_the_cache(runs: dict) -> Non
 def test_key_follows_weights_file_scale_and_view_not_the_probe(tmp_path: Path) -> None:
     """Local weights: the key holds the file's SHA-256 (other weights in the same place are another key); random
     weights: the tensors' hash. The patch scale and the view are in the key; the probe's own options are not."""
-    from hifusion.data.embeddings import key_hash
+    from hifusion.data.cache.embeddings import key_hash
     from hifusion.inference import Predictor, embedding_base, embedding_key
     from hifusion.models import create_model
 
@@ -116,7 +116,7 @@ def test_key_follows_weights_file_scale_and_view_not_the_probe(tmp_path: Path) -
 
 def test_checkpoint_of_a_cached_run_predicts_alone(runs: dict) -> None:
     """The checkpoint (plain forward on patches) agrees with the benchmark's cached-path predictions."""
-    from hifusion.data.cache import load_cache
+    from hifusion.data.cache.reader import load_cache
     from hifusion.inference import Predictor, predict_rows
     from hifusion.models.loading import load_checkpoint
     from hifusion.recipe import Recipe

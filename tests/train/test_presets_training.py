@@ -13,7 +13,7 @@ import torch
 
 from hifusion import constants as C
 from hifusion.config import parse_config
-from hifusion.evaluate.protocols import PRED_FILE, run_benchmark
+from hifusion.evaluate.protocols import run_benchmark
 from hifusion.models import create_encoder
 from hifusion.models.presets import IMAGENET_MEAN, EncoderPreset, get_preset, register_preset
 from tests.synthetic import tiny_config, write_dataset
@@ -36,7 +36,7 @@ def _ciga_file(folder: Path) -> Path:
 
 
 def test_preset_models_train_and_predict_from_their_checkpoint(tmp_path: Path) -> None:
-    from hifusion.data.cache import load_cache
+    from hifusion.data.cache.reader import load_cache
     from hifusion.inference import predict_rows
     from hifusion.predict.engine import load_predictor
 
@@ -64,7 +64,7 @@ def test_preset_models_train_and_predict_from_their_checkpoint(tmp_path: Path) -
         else:
             module, meta = load_predictor(ckpt, device="cpu")
         again = predict_rows(module, patches, np.arange(36), meta.patch)
-        with np.load(out / "runs" / "fixed" / name / PRED_FILE) as z:
+        with np.load(out / "runs" / "fixed" / name / C.PREDICTIONS_NPZ) as z:
             np.testing.assert_allclose(again, z["P2"], atol=1e-5)
         views = meta.views
         if name == "stnet":

@@ -59,3 +59,21 @@ def test_train_without_terminal_prints_one_line_per_epoch(tmp_path: Path) -> Non
     assert all(ln.startswith("[hifusion] ") and "train loss" in ln and "val_mse" in ln and ln.endswith(" s")
                for ln in epochs), epochs
     assert "\r" not in res.stderr  # no bar redraws in a log file
+
+
+def test_counting_plain_lines(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a terminal: one line per item with `per_item`, else a line every 10%; nothing when disabled."""
+    from hifusion.progress import counting
+
+    monkeypatch.setenv("HIFUSION_PROGRESS", "0")
+    with counting("prepare", 2, "sections", per_item=True) as advance:
+        advance(1, "A1: 10 spots")
+        advance(1, "B1: 12 spots")
+    with counting("predict", 100, "spots") as advance:
+        for _ in range(4):
+            advance(25)
+    with counting("predict", 100, "spots", enabled=False) as advance:
+        advance(100)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[:2] == ["[hifusion] prepare [1/2] A1: 10 spots", "[hifusion] prepare [2/2] B1: 12 spots"]
+    assert [ln.split(" (")[0] for ln in lines[2:]] == [f"[hifusion] predict: {n}/100 spots" for n in (25, 50, 75, 100)]

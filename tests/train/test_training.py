@@ -11,7 +11,7 @@ import torch
 
 from hifusion import constants as C
 from hifusion.config import parse_config
-from hifusion.evaluate.protocols import PRED_FILE, run_benchmark
+from hifusion.evaluate.protocols import run_benchmark
 from tests.synthetic import tiny_config, write_dataset
 
 
@@ -32,7 +32,7 @@ def _run(dataset: Path, cache: Path, out: Path, models: list[str] | None = None,
 
 
 def _preds(out: Path, model: str = "hifusion") -> dict[str, np.ndarray]:
-    with np.load(out / "runs" / "fixed" / model / PRED_FILE) as z:
+    with np.load(out / "runs" / "fixed" / model / C.PREDICTIONS_NPZ) as z:
         return {k: z[k] for k in z.files}
 
 
@@ -79,7 +79,7 @@ def test_checkpoint_is_self_describing_and_safe(dataset: Path, cache: Path, tmp_
     model, meta = load_checkpoint(ckpt)
     assert len(meta.panel) == 20 and meta.label == "logprop"
     from hifusion.config import TrainConfig
-    from hifusion.data.cache import load_cache
+    from hifusion.data.cache.reader import load_cache
 
     module = ExpressionModule(model, TrainConfig(), meta)
     _, patches = load_cache(cache, "P2")
@@ -128,7 +128,7 @@ def test_gene_scaled_labels_train_in_z_scores_and_predict_in_label_units(dataset
                                                                           tmp_path: Path) -> None:
     """`train.scale_labels: gene`: the checkpoint holds the training labels' per-gene mean and std, the model's raw
     outputs are z-scores, and every prediction path (benchmark and checkpoint) maps them back to label units."""
-    from hifusion.data.cache import load_cache
+    from hifusion.data.cache.reader import load_cache
     from hifusion.inference import Predictor, predict_rows
     from hifusion.models.loading import load_checkpoint
 

@@ -70,18 +70,6 @@ def iter_patches(
         yield extract_patch(image, c, out_px, out_mpp, image_mpp)
 
 
-def extract_patches(
-    image: SlideImage, centers: np.ndarray, out_px: int, out_mpp: float, image_mpp: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """All patches (N, out_px, out_px, 3) uint8 and border flags (N,) bool."""
-    centers = np.asarray(centers, dtype=np.float64).reshape(-1, 2)
-    out = np.empty((len(centers), out_px, out_px, 3), dtype=np.uint8)
-    border = np.zeros(len(centers), dtype=bool)
-    for i, (patch, b) in enumerate(iter_patches(image, centers, out_px, out_mpp, image_mpp)):
-        out[i], border[i] = patch, b
-    return out, border
-
-
 def centre_crop(img: np.ndarray, side: int) -> np.ndarray:
     """Centre `side` x `side` crop of (..., H, W, C) patch(es); the spot patch is the centre of the region patch."""
     h, w = img.shape[-3], img.shape[-2]

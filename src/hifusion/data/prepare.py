@@ -68,14 +68,16 @@ from hifusion.constants import (
     UPSAMPLE_WARN_FACTOR,
     VAR_GENE_IDS,
 )
-from hifusion.data.cache import cache_sections, is_done, read_manifest, section_paths
+from hifusion.data.cache.layout import cache_sections, is_done, read_manifest, section_paths
+from hifusion.data.cache.reader import obs_values
 from hifusion.data.patches import iter_patches, region_top_left, spot_from_region
 from hifusion.data.readers import get_reader, list_sections, read_section
 from hifusion.data.section import Section
+from hifusion.data.tissue import spot_tissue_fraction
 from hifusion.errors import ConfigError, InputError
 from hifusion.geometry import PatchGeometry
 from hifusion.io import atomic_path, atomic_write_text, make_dir
-from hifusion.progress import format_seconds, say, stderr_console, use_bars
+from hifusion.progress import counting, format_seconds, say
 
 CACHE_VERSION = 1
 COMPRESSIONS = (None, "lzf")  # never gzip: decoding it would dominate data loading during training
@@ -169,24 +171,6 @@ def ensure_manifest(out: Path, params: CacheParams, fmt: str, overwrite: bool) -
             for p in section_paths(out, s):
                 p.unlink(missing_ok=True)
     atomic_write_text(out / CACHE_MANIFEST, json.dumps(new, indent=2, sort_keys=True) + "\n")
-
-
-TISSUE_MIN_SATURATION = 0.08  # as predict.tissue.MIN_SCORE: stained tissue is coloured, glass is grey
-TISSUE_MAX_GREY_VALUE = 0.75  # unstained but darker than glass (grey scans, dense tissue) still counts
-TISSUE_BLACK_VALUE = 0.2  # as predict.tissue.BLACK_VALUE: black masks, blank (all-black) images
-
-
-def spot_tissue_fraction(patch: np.ndarray) -> float:
-    """Share of a patch's pixels that look like tissue: not near-black and either coloured or darker than glass.
-
-    The rule of `predict.tissue` per pixel (HSV saturation and value), without its morphology: enough to tell a spot
-    on tissue from one on a blank, black or white image, which is what the check in `prepare` is for.
-    """
-    x = np.asarray(patch)[..., :3].astype(np.float32) / 255.0
-    val = x.max(axis=-1)
-    sat = np.where(val > 0, (val - x.min(axis=-1)) / np.maximum(val, 1e-6), 0.0)
-    tissue = (val >= TISSUE_BLACK_VALUE) & ((sat > TISSUE_MIN_SATURATION) | (val < TISSUE_MAX_GREY_VALUE))
-    return float(tissue.mean()) if tissue.size else 0.0
 
 
 def image_label(section: Section) -> str:
@@ -352,8 +336,7 @@ def _prepare_one(
     sec = read_section(fmt, root, section, check_image=False, **opts)
     path = prepare_section(sec, out, params, compression=compression, overwrite=True,
                            allow_background=allow_background)
-    with h5py.File(path, "r") as f:  # the obs flag, without loading the whole AnnData again
-        on = f[f"obs/{OBS_ON_TISSUE}"][:]
+    on = obs_values(path, OBS_ON_TISSUE)  # the obs flag, without loading the whole AnnData again
     summary = (f"{section}: {sec.n_spots} spots, {float(np.mean(on)):.0%} on tissue, "
                f"{format_seconds(time.perf_counter() - t0)}")
     return str(path), summary
@@ -418,7 +401,7 @@ def prepare_sections(
                 f"higher-resolution image (--image {s}=PATH) if there is one",
                 stacklevel=2,
             )
-    with _progress(progress, len(todo)) as advance:
+    with counting("prepare", len(todo), "sections", enabled=progress, per_item=True) as advance:
         if workers > 1 and len(todo) > 1:
             with ProcessPoolExecutor(min(workers, len(todo)), mp_context=get_context("spawn")) as pool:
                 futures = [
@@ -427,10 +410,11 @@ def prepare_sections(
                     for s in todo
                 ]
                 for fut in as_completed(futures):
-                    advance(*fut.result())
+                    advance(1, fut.result()[1])
         else:
             for s in todo:
-                advance(*_prepare_one(fmt, str(root), s, str(out), params, opts(s), compression, allow_background))
+                _, summary = _prepare_one(fmt, str(root), s, str(out), params, opts(s), compression, allow_background)
+                advance(1, summary)
     return [section_paths(out, s)[0] for s in names]
 
 
@@ -441,39 +425,3 @@ def _root(cfg: PrepareConfig) -> Path:
     from hifusion.data.sample import her2st_sample
 
     return her2st_sample()
-
-
-class _progress:
-    """Sections done: a rich bar on a terminal, else one plain line per section (nothing when disabled)."""
-
-    def __init__(self, enabled: bool, total: int) -> None:
-        self.enabled, self.total, self._bar, self.done = enabled and total > 0, total, None, 0
-
-    def __enter__(self) -> Any:
-        if self.enabled and use_bars():
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self._bar = Progress(
-                TextColumn("prepare {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                console=stderr_console(),
-            )
-            self._bar.start()
-            task = self._bar.add_task("sections", total=self.total)
-
-            def advance(path: str, summary: str) -> None:
-                self._bar.console.print(f"prepare {summary}")  # type: ignore[union-attr]
-                self._bar.update(task, advance=1, description=Path(path).name)  # type: ignore[union-attr]
-
-            return advance
-        if self.enabled:
-
-            def line(path: str, summary: str) -> None:
-                self.done += 1
-                say(f"prepare [{self.done}/{self.total}] {summary}")
-
-            return line
-        return lambda path, summary: None
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.stop()

@@ -14,7 +14,7 @@ import numpy as np
 
 from hifusion import constants as C
 from hifusion.config import DataConfig, ValConfig
-from hifusion.data.splits import Split, spatial_block_split
+from hifusion.data.splits import Split, validation_rows
 from hifusion.errors import ConfigError
 
 
@@ -67,7 +67,7 @@ class SplitData:
         if self.stain is None or self.stain.normalise == "none":
             return None
         if self.stain_stats is None:
-            from hifusion.data.datasets import section_stain_stats
+            from hifusion.data.torch_datasets import section_stain_stats
 
             self.stain_stats = {s: section_stain_stats(self.patches[s], self.rows[s], self.spot_px) for s in self.rows}
         return self.stain_stats[section]
@@ -117,14 +117,6 @@ def section_array_coords(adata: Any) -> np.ndarray:
     return np.rint((xy - xy.min(0)) / pitch).astype(np.int64)
 
 
-def cache_patients(cache: Path) -> dict[str, str]:
-    """Section -> patient for every section in a cache (one obs column of each .h5ad, not the whole AnnData)."""
-    from hifusion.data.cache import cache_sections
-    from hifusion.data.sectionmeta import h5ad_patient
-
-    return {s: h5ad_patient(Path(cache) / f"{s}{C.H5AD_SUFFIX}", s) for s in cache_sections(cache)}
-
-
 def _patch_sizes(cache: Path, sections: list[str], patches: dict[str, Any], spot_px: int | None,
                  factor: float | None) -> tuple[int, int]:
     """(spot, region) patch sides for a split: the cache's spot size, the region centre-cropped to `factor`."""
@@ -146,22 +138,6 @@ def _patch_sizes(cache: Path, sections: list[str], patches: dict[str, Any], spot
     return spot, region
 
 
-def _fit_rows(split: Split, adatas: dict[str, Any], rows: dict[str, np.ndarray], val_cfg: ValConfig,
-              seed: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """(training rows, validation rows) per section: whole validation sections, or a spatial block of each
-    training section (also when `sections` mode finds no section to hold out)."""
-    train_rows: dict[str, np.ndarray] = {s: rows[s] for s in split.train}
-    val_rows: dict[str, np.ndarray] = {s: rows[s] for s in split.val}
-    if val_cfg.mode == "spatial_block" or (val_cfg.mode == "sections" and not val_cfg.sections and not split.val):
-        for s in split.train:
-            coords = np.asarray(adatas[s].obsm[C.OBSM_SPATIAL])[rows[s]]
-            tr, va = spatial_block_split(coords, val_cfg.fraction, seed)
-            train_rows[s], val_rows[s] = rows[s][tr], rows[s][va]
-    elif val_cfg.mode == "sections" and not split.val:
-        raise ConfigError("train.val.mode 'sections' needs train.val.sections (whole training sections)")
-    return train_rows, val_rows
-
-
 def load_split(
     cache: Path,
     split: Split,
@@ -173,9 +149,9 @@ def load_split(
     spot_px: int | None = None,
 ) -> SplitData:
     """Load the cache sections of a split, choose the panel on training sections and build labels."""
-    from hifusion.data.cache import load_cache
+    from hifusion.data.cache.lean import drop_images, without_counts
+    from hifusion.data.cache.reader import load_cache
     from hifusion.data.genes import make_labels, select_panel, top_variable_genes
-    from hifusion.data.sectionmeta import drop_images, without_counts
 
     sections = list(dict.fromkeys(split.train + split.val + split.test))
     # Two passes so that no more than one section's full counts are in memory at a time: the panel is chosen on
@@ -199,7 +175,7 @@ def load_split(
     first = patches[sections[0]]
     spot, region = _patch_sizes(cache, sections, patches, spot_px, region_factor or data_cfg.region_factor)
 
-    train_rows, val_rows = _fit_rows(split, adatas, rows, val_cfg, seed)
+    train_rows, val_rows = validation_rows(split, adatas, rows, val_cfg, seed)
 
     data = SplitData(
         split=split,
@@ -220,27 +196,3 @@ def load_split(
     )
     data.top50 = np.asarray(top_variable_genes(data.train_labels(), k=min(50, len(panel))))
     return data
-
-
-def with_validation_sections(split: Split, val_cfg: ValConfig, patients: dict[str, str] | None = None) -> Split:
-    """Move configured whole training sections into the split's validation set (never test sections).
-
-    With no sections configured, each training patient with several training sections gives its last one (so
-    validation, like testing, sees a slide the model was not trained on); `patients` maps section -> patient.
-    """
-    if val_cfg.mode != "sections":
-        return split
-    if not val_cfg.sections:
-        by_patient: dict[str, list[str]] = {}
-        for s in split.train:
-            by_patient.setdefault((patients or {}).get(s, s), []).append(s)
-        val = [sorted(secs)[-1] for secs in by_patient.values() if len(secs) > 1]
-        return Split(split.name, [s for s in split.train if s not in val], split.test, val)
-    bad = [s for s in val_cfg.sections if s in split.test]
-    if bad:
-        raise ConfigError(f"validation sections {bad} are test sections of split {split.name}")
-    val = [s for s in val_cfg.sections if s in split.train]
-    train = [s for s in split.train if s not in val]
-    if not train:
-        raise ConfigError(f"split {split.name}: validation sections leave no training section")
-    return Split(split.name, train, split.test, val)

@@ -1,17 +1,23 @@
-"""Evaluation protocols as lists of (train, test) section splits, and validation carved from training data.
+"""Which sections train, validate and test: evaluation protocols as (train, test) splits, and validation carved
+from the training data.
 
-Test sections never take part in model selection: validation comes from spatially blocked training spots or
-from whole training sections.
+Test sections never take part in model selection: validation comes from whole training sections
+(`with_validation_sections`) or from a spatially blocked band of each training section's spots (`validation_rows`).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from hifusion import constants as C
 from hifusion.errors import ConfigError
+
+if TYPE_CHECKING:
+    from hifusion.config import ValConfig
 
 
 @dataclass(frozen=True)
@@ -143,3 +149,43 @@ def spatial_block_split(coords: np.ndarray, fraction: float, seed: int = 0) -> t
     val = np.sort(order[start : start + n_val])
     train = np.setdiff1d(np.arange(n), val)
     return train, val
+
+
+def with_validation_sections(split: Split, val_cfg: ValConfig, patients: dict[str, str] | None = None) -> Split:
+    """Move configured whole training sections into the split's validation set (never test sections).
+
+    With no sections configured, each training patient with several training sections gives its last one (so
+    validation, like testing, sees a slide the model was not trained on); `patients` maps section -> patient.
+    """
+    if val_cfg.mode != "sections":
+        return split
+    if not val_cfg.sections:
+        by_patient: dict[str, list[str]] = {}
+        for s in split.train:
+            by_patient.setdefault((patients or {}).get(s, s), []).append(s)
+        val = [sorted(secs)[-1] for secs in by_patient.values() if len(secs) > 1]
+        return Split(split.name, [s for s in split.train if s not in val], split.test, val)
+    bad = [s for s in val_cfg.sections if s in split.test]
+    if bad:
+        raise ConfigError(f"validation sections {bad} are test sections of split {split.name}")
+    val = [s for s in val_cfg.sections if s in split.train]
+    train = [s for s in split.train if s not in val]
+    if not train:
+        raise ConfigError(f"split {split.name}: validation sections leave no training section")
+    return Split(split.name, train, split.test, val)
+
+
+def validation_rows(split: Split, adatas: dict[str, Any], rows: dict[str, np.ndarray], val_cfg: ValConfig,
+                    seed: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(training rows, validation rows) per section: whole validation sections, or a spatial block of each
+    training section (also when `sections` mode finds no section to hold out)."""
+    train_rows: dict[str, np.ndarray] = {s: rows[s] for s in split.train}
+    val_rows: dict[str, np.ndarray] = {s: rows[s] for s in split.val}
+    if val_cfg.mode == "spatial_block" or (val_cfg.mode == "sections" and not val_cfg.sections and not split.val):
+        for s in split.train:
+            coords = np.asarray(adatas[s].obsm[C.OBSM_SPATIAL])[rows[s]]
+            tr, va = spatial_block_split(coords, val_cfg.fraction, seed)
+            train_rows[s], val_rows[s] = rows[s][tr], rows[s][va]
+    elif val_cfg.mode == "sections" and not split.val:
+        raise ConfigError("train.val.mode 'sections' needs train.val.sections (whole training sections)")
+    return train_rows, val_rows

@@ -20,15 +20,13 @@ import pandas as pd
 
 from hifusion import constants as C
 from hifusion import metrics as M
-from hifusion.config import AblationAxis, Config, ModelConfig
+from hifusion.config import AblationAxis, Config, ModelConfig, with_floor
 from hifusion.errors import ConfigError
-from hifusion.evaluate.report import fmt_p, fmt_value
+from hifusion.evaluate.report import fmt_p, fmt_value, md_table
 from hifusion.io import atomic_write_text, check_results_folder, make_dir
 
 REGION_FACTOR = "region_factor"
 DEFAULT_LABEL = "default"
-ABLATION_MD = "ablation.md"
-ABLATION_CSV = "ablation.csv"
 DEFAULT_TOKENS = [1, 2, 3, 4]
 DEFAULT_REGION_FACTORS = [1.0, 1.5, 2.0, 3.0]
 LINE_AXES = {"tokens": "spot tokens (t x t)", REGION_FACTOR: "neighbour view side / spot side"}
@@ -104,7 +102,7 @@ def default_region_factor(cfg: Config) -> float:
         return float(cfg.data.region_factor)
     if cfg.data.prepare is not None:
         return float(cfg.data.prepare.region_factor)
-    from hifusion.data.cache import read_manifest
+    from hifusion.data.cache.layout import read_manifest
 
     manifest = read_manifest(cfg.data.cache) or {}
     if "region_factor" not in manifest:
@@ -198,16 +196,6 @@ def make_variants(cfg: Config, axes: list[AblationAxis] | None = None) -> list[V
     return out
 
 
-def variant_changes(variant: Variant, default: Variant) -> dict[str, tuple[Any, Any]]:
-    """Every (option -> (default value, variant value)) that differs, region factor included; for tests and logs."""
-    defaults = model_defaults()
-    a = {**defaults, **default.model.options, REGION_FACTOR: default.region_factor}
-    b = {**defaults, **variant.model.options, REGION_FACTOR: variant.region_factor}
-    return {
-        k: (_norm(a.get(k)), _norm(b.get(k))) for k in sorted(set(a) | set(b)) if _norm(a.get(k)) != _norm(b.get(k))
-    }
-
-
 def ablation_config(cfg: Config, variants: list[Variant]) -> Config:
     """The config the runs use: a cache whose region patches cover the largest factor, cropped per variant.
 
@@ -224,7 +212,7 @@ def ablation_config(cfg: Config, variants: list[Variant]) -> Config:
             cache = Path(cfg.data.cache)
             new.data.cache = cache.with_name(f"{cache.name}_rf{need:g}")
         return new
-    from hifusion.data.cache import read_manifest
+    from hifusion.data.cache.layout import read_manifest
 
     have = float((read_manifest(cfg.data.cache) or {}).get("region_factor", 0.0))
     if have < need:
@@ -289,7 +277,7 @@ def run_ablation(
     axes = select_axes(list(cfg.ablation or default_axes(cfg)), only)
     variants = make_variants(cfg, axes)
     run_cfg = ablation_config(cfg, variants)
-    models = [v.model for v in variants] + ([ModelConfig(name="mean_profile")] if floor else [])
+    models = with_floor([v.model for v in variants]) if floor else [v.model for v in variants]
     factors = {v.label: v.region_factor for v in variants}
     print(
         f"[hifusion] ablation: {len(variants)} HiFusion variants ({', '.join(factors)}) x seeds {seeds}",
@@ -317,10 +305,10 @@ def run_ablation(
         atomic_write_text(out / C.RUN_METRICS, all_metrics.to_csv(index=False))
         atomic_write_text(out / C.PER_GENE_CSV, all_per_gene.to_csv(index=False))
     table = ablation_table(all_metrics, all_per_gene, variants, axes)
-    make_dir(out / "figures")
-    figs = ablation_figures(out / "figures", table, variants, axes)
-    atomic_write_text(out / ABLATION_CSV, table.to_csv(index=False))
-    atomic_write_text(out / "ablation.json", json.dumps(_ablation_spec(axes, seeds, variants), indent=2, default=str))
+    make_dir(out / C.FIGURES_DIR)
+    figs = ablation_figures(out / C.FIGURES_DIR, table, variants, axes)
+    atomic_write_text(out / C.ABLATION_CSV, table.to_csv(index=False))
+    atomic_write_text(out / C.ABLATION_JSON, json.dumps(_ablation_spec(axes, seeds, variants), indent=2, default=str))
     report = write_ablation_report(
         out, table, variants, axes, figs, command=command, seconds=seconds, seeds=seeds
     )
@@ -448,7 +436,7 @@ def write_ablation_report(
         cells = [
             r["option"] or "-",
             r["value"] or "-",
-            r["model"] + (" (floor)" if r["model"] == "mean_profile" else ""),
+            r["model"] + (" (floor)" if r["model"] == C.MEAN_PROFILE else ""),
         ]
         cells += [f"{fmt_value(r[f'{k}_mean'])} ± {fmt_value(r[f'{k}_std'])}" for k, _ in _TABLE]
         for metric in ("pcc", "mse"):
@@ -459,15 +447,14 @@ def write_ablation_report(
         if multi:
             cells += [fmt_value(r[f"{M.PCC_GENE}_seed_std"]), fmt_value(r[f"{M.MSE}_seed_std"])]
         body.append(cells)
-    lines += ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in body]
+    lines += md_table(header, body)
     lines += ["", "Full benchmark tables (per section, marker genes, tests over sections): [report.md](report.md).", ""]
     if figures:
         lines += ["## Figures", ""]
         for p in figures:
             lines += [f"![{p.stem}](figures/{p.name})", ""]
     lines += [f"Run time: {seconds / 60:.1f} min.", "", "Command:", "", "```", command, "```"]
-    path = out / ABLATION_MD
+    path = out / C.ABLATION_MD
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
 
@@ -496,7 +483,7 @@ def ablation_figures(
         xlabel = "number of spot tokens (t x t)" if axis.option == "tokens" else LINE_AXES[axis.option]
         figs.append(
             plot_ablation_lines(
-                fig_dir / f"ablation_{axis.option}.png",
+                fig_dir / C.ABLATION_PNG.format(option=axis.option),
                 x[order],
                 series,
                 xlabel=xlabel,

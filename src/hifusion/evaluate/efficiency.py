@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 
 from hifusion.errors import ConfigError
+from hifusion.evaluate.report import md_table
 from hifusion.io import atomic_write_text
 
 N_GENES = 250
@@ -251,8 +252,7 @@ def markdown_table(table: pd.DataFrame) -> str:
         sizes = table[table["profile"] == p].iloc[0]
         tag = f"{p} ({sizes['spot_px']} px)"
         header += [f"Params (M) {tag}", f"GMAC/spot {tag}", f"ms/spot {tag}", f"Peak MB {tag}"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    notes = []
+    body, notes = [], []
     for name in dict.fromkeys(table["model"]):
         sub = table[table["model"] == name].set_index("profile")
         cells = [name, str(sub["kind"].iloc[0])]
@@ -267,10 +267,11 @@ def markdown_table(table: pd.DataFrame) -> str:
                 f"{r['ms_per_spot']:.1f}",
                 f"{r['peak_mem_mb']:.0f}",
             ]
-        lines.append("| " + " | ".join(cells) + " |")
+        body.append(cells)
         note = "; ".join(dict.fromkeys(n for n in sub["note"] if n))
         if note:
             notes.append(f"- {name}: {note}")
+    lines = md_table(header, body)
     r0 = table.iloc[0]
     cpu_mem = "peak process RSS during inference minus RSS before the build (approximate)"
     mem = "CUDA max allocated" if str(r0["device"]).startswith("cuda") else cpu_mem

@@ -25,11 +25,9 @@ from hifusion import constants as C
 from hifusion.config import Config, DataConfig, ModelConfig
 from hifusion.errors import ConfigError
 from hifusion.io import atomic_path, atomic_write_text, check_results_folder, make_dir
+from hifusion.ranks import is_global_zero, wait_until
 from hifusion.recipe import Recipe
-from hifusion.train.distributed import is_global_zero, wait_until
 
-DONE_FILE = "done.json"
-PRED_FILE = "predictions.npz"
 MAX_MAP_SECTIONS = 8  # marker-map figures for the first test sections only: one per section does not scale
 
 
@@ -51,7 +49,7 @@ def ensure_cache(data_cfg: DataConfig, *, progress: bool = True) -> Path:
         if not cache.is_dir():
             raise ConfigError("patch cache folder not found; run `hifusion prepare` or add data.prepare", cache)
         return cache
-    from hifusion.data.cache import is_done
+    from hifusion.data.cache.layout import is_done
     from hifusion.data.prepare import prepare_sections
     from hifusion.data.readers import list_sections
 
@@ -104,7 +102,7 @@ def prediction_adata(data: Any, section: str, pred: np.ndarray, info: dict[str, 
     out.layers[C.LAYER_TRUTH] = data.labels[section].astype(np.float32)
     out.obsm[C.OBSM_SPATIAL] = np.asarray(src.obsm[C.OBSM_SPATIAL])[rows]
     if C.UNS_SPATIAL in src.uns:
-        from hifusion.data.sectionmeta import spatial_uns
+        from hifusion.data.cache.lean import spatial_uns
 
         out.uns[C.UNS_SPATIAL] = spatial_uns(src)  # with the H&E thumbnail, re-read from the cache if dropped
     out.uns["label_transform"] = data.label
@@ -169,7 +167,7 @@ def _fit_members(m: ModelConfig, train_cfg: Any, data: Any, mdir: Path, resume: 
             res.info["flattering"] = {k: v for k, v in fl.info.items() if k != "checkpoint_used"}
         members.append(preds)
         if n > 1:  # each member's own predictions stay beside its checkpoint
-            _save_predictions(mdir / f"seed{tcfg.seed}" / "member.npz", _join_variants(preds))
+            _save_predictions(mdir / f"seed{tcfg.seed}" / C.MEMBER_NPZ, _join_variants(preds))
         info["seconds"] += res.seconds
         info["members"].append({"seed": tcfg.seed, "checkpoint": str(res.checkpoint) if res.checkpoint else None,
                                 **res.info})
@@ -197,13 +195,13 @@ def _score(out: Path, data: Any, split: str, section: str, label: str, pred: np.
     g.insert(0, "split", split)
     g.insert(0, "model", label)
     got.gene_frames.append(g)
-    pdir = out / "predictions" / label / (split if per_split else "")
+    pdir = out / C.PREDICTIONS_DIR / label / (split if per_split else "")
     pdir.mkdir(parents=True, exist_ok=True)
     adata = prediction_adata(data, section, pred, {"display": label, "split": split, **(info or {})})
     with atomic_path(pdir / f"{section}{C.H5AD_SUFFIX}") as tmp:
         adata.write_h5ad(tmp)
     if spatialdata:
-        write_prediction_zarr(adata, pdir / f"{section}.zarr")
+        write_prediction_zarr(adata, pdir / f"{section}{C.ZARR_SUFFIX}")
 
 
 def _most_expressed(data: Any) -> np.ndarray:
@@ -240,8 +238,8 @@ class _Collected:
 
 def _make_splits(cfg: Config, cache: Path) -> list[Any]:
     """The protocol's splits over the cache's patients, each with its validation carved from training sections."""
-    from hifusion.data.splitdata import cache_patients, with_validation_sections
-    from hifusion.data.splits import make_splits
+    from hifusion.data.cache.reader import cache_patients
+    from hifusion.data.splits import make_splits, with_validation_sections
 
     patients = cache_patients(cache)
     p = cfg.protocol
@@ -252,12 +250,12 @@ def _make_splits(cfg: Config, cache: Path) -> list[Any]:
 
 def _resumed(mdir: Path, split: Any, data: Any) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any]]:
     """A finished model's predictions and info, checked against this run's panel and spots."""
-    variant_preds = _split_variants(_load_predictions(mdir / PRED_FILE))
-    info = json.loads((mdir / DONE_FILE).read_text())
+    variant_preds = _split_variants(_load_predictions(mdir / C.PREDICTIONS_NPZ))
+    info = json.loads((mdir / C.DONE_JSON).read_text())
     stale = [s for s in split.test if np.shape(variant_preds[""].get(s)) != (len(data.rows[s]), len(data.panel))]
     if stale:
         raise ConfigError(f"cannot resume: these predictions of {stale[0]} were made with another config "
-                          "(gene panel or spots); use the original config or a new --out", mdir / PRED_FILE)
+                          "(gene panel or spots); use the original config or a new --out", mdir / C.PREDICTIONS_NPZ)
     return variant_preds, info
 
 
@@ -265,13 +263,13 @@ def _model_predictions(cfg: Config, m: ModelConfig, split: Any, mdata: Any, mdir
                        writer: bool) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any]] | None:
     """One model's test predictions on one split: read back when it finished before (`resume`), else fitted now.
     None on ranks > 0 (predictions, files and scores are rank 0's job)."""
-    if resume and (mdir / DONE_FILE).exists():
+    if resume and (mdir / C.DONE_JSON).exists():
         return _resumed(mdir, split, mdata) if writer else None
     print(f"[hifusion] {split.name}: fitting {m.display} on {', '.join(split.train)}", file=sys.stderr)
     fitted = _fit_members(m, cfg.train_for(m), mdata, mdir, resume, cfg.recipes)  # "": each model's main row
     if fitted is not None:
-        _save_predictions(mdir / PRED_FILE, _join_variants(fitted[0]))
-        atomic_write_text(mdir / DONE_FILE, json.dumps(fitted[1], indent=2))
+        _save_predictions(mdir / C.PREDICTIONS_NPZ, _join_variants(fitted[0]))
+        atomic_write_text(mdir / C.DONE_JSON, json.dumps(fitted[1], indent=2))
     return fitted
 
 
@@ -284,7 +282,7 @@ def _pretrain(cfg: Config, cache: Path, out: Path, split: Any, models: list[Mode
     encoders = check_requests(cfg.pretrain, models)
     if not encoders or cfg.pretrain is None:
         return {}
-    split_dir = out / "runs" / split.name
+    split_dir = out / C.RUNS_DIR / split.name
     if writer:
         weights = pretrain_split(with_normalise(cfg.pretrain, cfg.data.normalise), cache, split_dir, split, encoders)
     else:
@@ -318,7 +316,7 @@ def _run_split(cfg: Config, cache: Path, out: Path, split: Any, models: list[Mod
                 by_factor[factor] = load_split(cache, split, cfg.data, cfg.train.val, seed=cfg.train.seed,
                                                region_factor=factor)
             mdata = by_factor[factor]
-        mdir = out / "runs" / split.name / m.display
+        mdir = out / C.RUNS_DIR / split.name / m.display
         fitted = _model_predictions(cfg, with_pretrained(m, weights) if weights else m, split, mdata, mdir, resume,
                                     writer)
         if fitted is None:
@@ -416,7 +414,7 @@ def run_benchmark(
     seconds = time.perf_counter() - t0
     run_meta = _run_meta(cfg, models, splits, got, title=title, command=command, region_factors=region_factors,
                          seconds=seconds)
-    atomic_write_text(out / "run.json", json.dumps(run_meta, indent=2, default=str))
+    atomic_write_text(out / C.RUN_JSON, json.dumps(run_meta, indent=2, default=str))
     report = write_report(out, table, per_gene, reference=reference, figures=fig_paths, meta=run_meta)
     return BenchmarkResult(out=out, metrics=metrics, per_gene=per_gene, report=report, seconds=seconds,
                            conventions=conventions)
@@ -424,22 +422,22 @@ def run_benchmark(
 
 def _figures(out: Path, map_inputs: list[tuple[Any, ...]],
              curves: dict[str, pd.DataFrame]) -> dict[str, list[Path]]:
-    from hifusion.data.sectionmeta import spatial_uns
+    from hifusion.data.cache.lean import spatial_uns
     from hifusion.plots import plot_marker_maps, plot_training_curves
 
     figs: dict[str, list[Path]] = {"maps": [], "curves": []}
-    fig_dir = out.resolve() / "figures"  # absolute: the report links them relative to `out`, whatever the cwd
+    fig_dir = out.resolve() / C.FIGURES_DIR  # absolute: the report links them relative to `out`, whatever the cwd
     fig_dir.mkdir(exist_ok=True)
     for s, name, src, rows, labels, preds, panel, label in map_inputs:
         spatial = (spatial_uns(src) or {}).get(s, {})
         thumb = spatial.get("images", {}).get(C.UNS_HIRES)
         sf = spatial.get("scalefactors", {})
         figs["maps"].append(plot_marker_maps(
-            fig_dir / f"maps_{name}.png", thumb, float(sf.get(C.UNS_HIRES_SCALEF, 1.0)),
+            fig_dir / C.MAPS_PNG.format(name=name), thumb, float(sf.get(C.UNS_HIRES_SCALEF, 1.0)),
             np.asarray(src.obsm[C.OBSM_SPATIAL])[rows], labels, preds,
             genes=panel, panel=list(C.MARKER_GENES),
             spot_diameter_px=float(sf.get(C.UNS_SPOT_DIAMETER, 100.0)), label=label,
         ))
     if curves:
-        figs["curves"].append(plot_training_curves(fig_dir / "training_curves.png", curves))
+        figs["curves"].append(plot_training_curves(fig_dir / C.TRAINING_CURVES_PNG, curves))
     return figs

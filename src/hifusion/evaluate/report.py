@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from hifusion import constants as C
 from hifusion import metrics as M
 from hifusion.constants import FLATTERING_VARIANT, MARKER_GENES, PER_GENE_CSV, REPORT_MD, RUN_METRICS
 from hifusion.io import atomic_write_text
@@ -33,7 +34,6 @@ TABLE1 = (
     (M.PCC_GENE, "PCC-gene"),
     (M.PCC_GENE_TOP50, "PCC-gene top-50"),
 )
-MEAN_PROFILE = "mean_profile"
 NA = "n/a"
 POOLED = "(fold)"  # the `section` of a row scored over all test sections of its split together (a convention)
 OURS = "ours"
@@ -91,7 +91,8 @@ def fmt_p(p: float, na: str = NA) -> str:
     return f"{p:.2e}" if p < 1e-3 else f"{p:.3f}"
 
 
-def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+def md_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
+    """A Markdown table's lines: the header, its rule, one line per row (cells as `str`)."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     return lines
@@ -119,7 +120,7 @@ def _table1(wide: pd.DataFrame, models: list[str]) -> list[str]:
             v = sub[key].dropna().to_numpy(dtype=np.float64) if key in sub.columns else np.empty(0)
             cells.append(f"{v.mean():.4f} ± {v.std():.4f}" if v.size else NA)
         rows.append(cells)
-    return _md_table(["Model", *(label for _, label in TABLE1)], rows)
+    return md_table(["Model", *(label for _, label in TABLE1)], rows)
 
 
 def _per_section(wide: pd.DataFrame, models: list[str]) -> list[str]:
@@ -132,7 +133,7 @@ def _per_section(wide: pd.DataFrame, models: list[str]) -> list[str]:
             cells = [m, str(split), str(section), NA if not np.isfinite(n) else str(int(n))]
             cells += [fmt_value(r.get(key, np.nan)) for key, _ in TABLE1]
             rows.append(cells)
-    return _md_table(["Model", "Split", "Section", "Spots", *(label for _, label in TABLE1)], rows)
+    return md_table(["Model", "Split", "Section", "Spots", *(label for _, label in TABLE1)], rows)
 
 
 def _const_line(wide: pd.DataFrame, per_gene: pd.DataFrame) -> str:
@@ -180,7 +181,7 @@ def _markers(per_gene: pd.DataFrame, models: list[str]) -> list[str]:
     return [
         "Cells are PCC / MAE, each the mean over test sections (PCC over sections where the gene varies).",
         "",
-        *_md_table(["Gene", *models], rows),
+        *md_table(["Gene", *models], rows),
     ]
 
 
@@ -222,7 +223,7 @@ def _wilcoxon(per_gene: pd.DataFrame, reference: str) -> list[str]:
                             fmt_p(r["p_value"]),
                         ]
                     )
-    return lines + _md_table(["Model", "Test", "n", "Median Δ", "W", "p-value"], rows)
+    return lines + md_table(["Model", "Test", "n", "Median Δ", "W", "p-value"], rows)
 
 
 def is_flattering(model: str) -> bool:
@@ -259,7 +260,7 @@ def _conventions(metrics: pd.DataFrame, wide: pd.DataFrame, models: list[str]) -
         "Where those papers' code gives NaN, our rules apply: a gene or spot whose truth is constant is left out, "
         "a constant prediction (the mean profile's) scores 0.",
         "",
-        *_md_table(header, rows),
+        *md_table(header, rows),
         "",
         f"- **Ours** ({OURS}): PCC-gene per gene across the spots of one test section, averaged over genes, then "
         "over sections; PCC-spot per spot across genes, averaged over the section's spots, then over sections.",
@@ -294,8 +295,8 @@ def _floor_note(wide: pd.DataFrame) -> str:
         "error of the pattern around it; a model above the floor on MSE only through its bias has learnt the "
         "pattern but not the level."
     )
-    if MEAN_PROFILE in wide.index.get_level_values("model") and M.PCC_SPOT in wide.columns:
-        v = wide.xs(MEAN_PROFILE, level="model")[M.PCC_SPOT].dropna()
+    if C.MEAN_PROFILE in wide.index.get_level_values("model") and M.PCC_SPOT in wide.columns:
+        v = wide.xs(C.MEAN_PROFILE, level="model")[M.PCC_SPOT].dropna()
         if len(v):
             note += f" Here the mean profile alone reaches PCC-spot {v.mean():.4f}."
     return note
@@ -303,12 +304,12 @@ def _floor_note(wide: pd.DataFrame) -> str:
 
 def _below_floor(wide: pd.DataFrame, models: list[str]) -> str | None:
     """How many test sections each model scores a lower MSE than the mean profile on (same split and section)."""
-    if MEAN_PROFILE not in wide.index.get_level_values("model") or M.MSE not in wide.columns:
+    if C.MEAN_PROFILE not in wide.index.get_level_values("model") or M.MSE not in wide.columns:
         return None
-    floor = wide.xs(MEAN_PROFILE, level="model")[M.MSE]
+    floor = wide.xs(C.MEAN_PROFILE, level="model")[M.MSE]
     parts = []
     for m in models:
-        if m == MEAN_PROFILE:
+        if m == C.MEAN_PROFILE:
             continue
         mine = wide.xs(m, level="model")[M.MSE].reindex(floor.index).dropna()
         parts.append(f"{m} {int((mine < floor.reindex(mine.index)).sum())}/{len(mine)}")

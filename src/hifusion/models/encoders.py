@@ -19,12 +19,13 @@ from torch import Tensor, nn
 from hifusion.errors import CheckpointError, ConfigError
 from hifusion.geometry import PatchGeometry
 from hifusion.models.presets import HUB, EncoderPreset, get_preset, input_view, list_presets
+from hifusion.registries import Registry
 
 __all__ = ["Encoder", "create_encoder", "input_encoders", "list_encoders", "load_encoder_weights",
            "preset_inputs", "preset_weights", "register_encoder"]
 
 TrunkBuilder = Callable[..., nn.Module]
-_ENCODERS: dict[str, TrunkBuilder] = {}
+_ENCODERS: Registry[TrunkBuilder] = Registry("unknown encoder {name!r}; known: {known}")
 
 # Names of classifier heads of common checkpoints; an encoder trunk has none, so these keys are dropped on load.
 _HEAD_PREFIXES = ("fc.", "head.", "classifier.", "head_dist.", "last_linear.", "head.fc.")
@@ -34,16 +35,12 @@ _WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
 def register_encoder(name: str) -> Callable[[TrunkBuilder], TrunkBuilder]:
     """Register a trunk builder ``(in_chans=..., **kwargs) -> nn.Module`` whose forward gives a feature map."""
 
-    def decorator(builder: TrunkBuilder) -> TrunkBuilder:
-        _ENCODERS[name] = builder
-        return builder
-
-    return decorator
+    return _ENCODERS.register(name)
 
 
 def list_encoders() -> list[str]:
     """Encoders registered by name; any timm model name is accepted as well."""
-    return sorted(_ENCODERS)
+    return _ENCODERS.names()
 
 
 @register_encoder("resnet10")
@@ -293,7 +290,7 @@ def create_encoder(
 def _plain_trunk(name: str, in_chans: int, timm_kwargs: dict[str, Any]) -> nn.Module:
     if name in _ENCODERS:
         try:
-            return _ENCODERS[name](in_chans=in_chans, **timm_kwargs)
+            return _ENCODERS.get(name)(in_chans=in_chans, **timm_kwargs)
         except TypeError as exc:
             raise ConfigError(f"encoder {name!r}: invalid option ({exc})") from None
     if timm.is_model(name):

@@ -13,26 +13,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hifusion.errors import ConfigError
+from hifusion.registries import Registry
 
 __all__ = ["bleep_contrastive_loss", "get_loss", "hifusion_loss", "register_loss", "zinb_nll"]
 
 LossFn = Callable[[nn.Module, object, torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
-_LOSSES: dict[str, LossFn] = {}
+_LOSSES: Registry[LossFn] = Registry("unknown loss '{name}' (known: {known})")
 
 
 def register_loss(name: str) -> Callable[[LossFn], LossFn]:
-    def deco(fn: LossFn) -> LossFn:
-        _LOSSES[name] = fn
-        return fn
-
-    return deco
+    return _LOSSES.register(name)
 
 
 def get_loss(name: str) -> LossFn:
-    if name not in _LOSSES:
-        raise ConfigError(f"unknown loss '{name}' (known: {', '.join(sorted(_LOSSES))})")
-    return _LOSSES[name]
+    return _LOSSES.get(name)
 
 
 # -------------------------------------------------------------------------------------------- loss functions

@@ -21,6 +21,7 @@ from typing import Any
 
 from hifusion.errors import ConfigError
 from hifusion.geometry import PatchGeometry
+from hifusion.registries import Registry
 
 __all__ = ["HUB", "EncoderPreset", "get_preset", "input_view", "list_presets", "register_preset"]
 
@@ -87,25 +88,24 @@ class EncoderPreset:
                 f"/path/to/{self.weight_file}" + (f" or {option}: {HUB}" if self.hub_id else ""))
 
 
-_PRESETS: dict[str, EncoderPreset] = {}
+_PRESETS: Registry[EncoderPreset] = Registry("unknown encoder preset {name!r}; known: {known}")
 
 
 def register_preset(preset: EncoderPreset) -> EncoderPreset:
     """Add a preset to the registry (its name must be new)."""
-    if preset.name in _PRESETS and _PRESETS[preset.name] != preset:
+    if preset.name in _PRESETS and _PRESETS.get(preset.name) != preset:
         raise ValueError(f"encoder preset {preset.name!r} is already registered")
-    _PRESETS[preset.name] = preset
-    return preset
+    return _PRESETS.add(preset.name, preset)
 
 
 def list_presets() -> list[EncoderPreset]:
     """Registered presets in registration order."""
-    return list(_PRESETS.values())
+    return _PRESETS.values()
 
 
 def get_preset(name: str) -> EncoderPreset | None:
     """The preset called `name`, or None when `name` is not a preset (a registered encoder or timm name)."""
-    return _PRESETS.get(name)
+    return _PRESETS.find(name)
 
 
 # ------------------------------------------------------------------------------------------------------ key maps

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from torch import nn
 
 from hifusion.errors import ConfigError
+from hifusion.registries import Registry
 
 __all__ = ["ModelEntry", "create_model", "list_models", "model_entry", "register_model"]
 
@@ -39,7 +40,7 @@ class ModelEntry:
         return {k: p for k, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL}
 
 
-_REGISTRY: dict[str, ModelEntry] = {}
+_REGISTRY: Registry[ModelEntry] = Registry("unknown model {name!r}; known models: {known}")
 
 
 def register_model(
@@ -52,13 +53,13 @@ def register_model(
     """
 
     def decorator(builder: Builder) -> Builder:
-        if name in _REGISTRY and _REGISTRY[name].builder is not builder:
+        if name in _REGISTRY and _REGISTRY.get(name).builder is not builder:
             raise ValueError(f"model name {name!r} is already registered")
         loss = loss_name or getattr(builder, "loss_name", "mse")
         kind = input_kind or getattr(builder, "input_kind", "spot_region")
         if kind not in INPUT_KINDS:
             raise ValueError(f"input_kind must be one of {INPUT_KINDS}, got {kind!r}")
-        _REGISTRY[name] = ModelEntry(name=name, builder=builder, loss_name=loss, input_kind=kind)
+        _REGISTRY.add(name, ModelEntry(name=name, builder=builder, loss_name=loss, input_kind=kind))
         if inspect.isclass(builder):  # instances built directly agree with the registry
             builder.input_kind, builder.loss_name = kind, loss  # type: ignore[attr-defined]
         return builder
@@ -68,15 +69,12 @@ def register_model(
 
 def list_models() -> list[str]:
     """Names of all registered models, sorted."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def model_entry(name: str) -> ModelEntry:
     """The registry entry of ``name``; unknown names are a configuration error listing the known ones."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ConfigError(f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
+    return _REGISTRY.get(name)
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:

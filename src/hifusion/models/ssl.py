@@ -20,32 +20,27 @@ from torch import Tensor, nn
 
 from hifusion.errors import ConfigError
 from hifusion.models.encoders import Encoder
+from hifusion.registries import Registry
 
 __all__ = ["BYOL", "create_ssl", "list_ssl_methods", "momentum_at", "register_ssl"]
 
 SSLBuilder = Callable[..., nn.Module]
-_METHODS: dict[str, SSLBuilder] = {}
+_METHODS: Registry[SSLBuilder] = Registry("unknown pretraining method {name!r}; use one of {known}")
 
 
 def register_ssl(name: str) -> Callable[[SSLBuilder], SSLBuilder]:
     """Register an objective `builder(encoder, **options)`: a module with `loss(v1, v2)`, `after_step(progress)`
     and an `encoder` attribute (the network that is kept)."""
 
-    def decorator(builder: SSLBuilder) -> SSLBuilder:
-        _METHODS[name] = builder
-        return builder
-
-    return decorator
+    return _METHODS.register(name)
 
 
 def list_ssl_methods() -> list[str]:
-    return sorted(_METHODS)
+    return _METHODS.names()
 
 
 def create_ssl(method: str, encoder: Encoder, **options: object) -> nn.Module:
-    if method not in _METHODS:
-        raise ConfigError(f"unknown pretraining method {method!r}; use one of {', '.join(list_ssl_methods())}")
-    return _METHODS[method](encoder, **options)
+    return _METHODS.get(method)(encoder, **options)
 
 
 def momentum_at(progress: float, base: float) -> float:

@@ -22,12 +22,12 @@ import torch
 from hifusion import constants as C
 from hifusion.checkpoint_meta import CheckpointMeta
 from hifusion.contracts import BatchPredictor
+from hifusion.data.tissue import DEFAULT_MIN_FRACTION, default_pitch_um, detect_tissue, spot_grid, tissue_fraction
 from hifusion.errors import CheckpointError, ConfigError, InputError
 from hifusion.geometry import PatchGeometry
 from hifusion.inference import Predictor, predict_loader
 from hifusion.predict import outputs
 from hifusion.predict.slide import PatchStream, Slide, open_slide
-from hifusion.predict.tissue import DEFAULT_MIN_FRACTION, default_pitch_um, detect_tissue, spot_grid, tissue_fraction
 from hifusion.preprocess import rescale_warnings
 from hifusion.recipe import PLAIN, GeneAxes, Recipe, adjust, calibrated, read_gene_axes, resolve_calibration
 from hifusion.stain import lab_stats
@@ -129,27 +129,12 @@ def read_spots(path: str | Path, size: tuple[int, int]) -> tuple[np.ndarray, lis
 
 def _progress(batches: Iterable[dict[str, torch.Tensor]], n_spots: int, enabled: bool) -> Iterator[Any]:
     """Count spots as batches go to the model: a rich bar on a terminal, else plain lines (when enabled)."""
-    if not enabled:
-        yield from batches
-        return
-    from hifusion.progress import StepLines, use_bars
+    from hifusion.progress import counting
 
-    if not use_bars():  # log file or HIFUSION_PROGRESS=0: a plain line every 10% of the spots
-        steps = StepLines("predict", n_spots, "spots")
+    with counting("predict", n_spots, "spots", enabled=enabled) as advance:
         for b in batches:
             yield b
-            steps.advance(len(b["spot"]))
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    columns = (TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), TextColumn("spots"),
-               TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True)) as bar:
-        task = bar.add_task("predict", total=n_spots)
-        for b in batches:
-            yield b
-            bar.advance(task, len(b["spot"]))
+            advance(len(b["spot"]))
 
 
 ADAPT_SPOTS = 2048  # spots sampled from the slide for its stain statistics and AdaBN (all when fewer)
@@ -311,10 +296,10 @@ def predict_slide(
     slide_id = slide_path.stem
     out.mkdir(parents=True, exist_ok=True)
     adata = outputs.build_anndata(pred, coords, barcodes, panel, obs, slide_id, thumb, scalef, fov_px, info)
-    outputs.write_h5ad(adata, out / outputs.PREDICTIONS_H5AD)
+    outputs.write_h5ad(adata, out / C.PREDICTIONS_H5AD)
     if he is not None:
         _write_zarr(out / C.PREDICTIONS_ZARR, adata, he, s.mpp * width / he.shape[1], coords, s.mpp, fov_px)
-    outputs.write_csv(out / outputs.PREDICTIONS_CSV, barcodes, coords, pred, panel)
-    maps = outputs.write_maps(out / outputs.MAPS_DIR, show, panel, pred, coords, thumb, scalef, fov_px, label)
-    outputs.write_index(out / outputs.INDEX_HTML, maps, {k: v for k, v in info.items() if v is not None})
+    outputs.write_csv(out / C.PREDICTIONS_CSV, barcodes, coords, pred, panel)
+    maps = outputs.write_maps(out / C.MAPS_DIR, show, panel, pred, coords, thumb, scalef, fov_px, label)
+    outputs.write_index(out / C.INDEX_HTML, maps, {k: v for k, v in info.items() if v is not None})
     return out

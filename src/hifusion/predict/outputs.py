@@ -17,10 +17,6 @@ import pandas as pd
 from hifusion import constants as C
 from hifusion.io import atomic_path, atomic_write_text
 
-PREDICTIONS_H5AD = "predictions.h5ad"
-PREDICTIONS_CSV = "predictions.csv"
-MAPS_DIR = "maps"
-INDEX_HTML = "index.html"
 DEFAULT_MAP_GENES = 6
 MAP_SPACING_FRACTION = 0.8  # predict maps: disc diameter at most this share of the distance between spots
 

@@ -7,7 +7,7 @@ can pretrain on exactly the sections it may see. Their side (region_px, twice th
 for random crops of a spot field of view around the spot.
 
 Extra slides (any image `data.image` opens: SVS/TIFF pyramids, JPEG, PNG) are tiled on tissue with the rule
-whole-slide prediction uses (`predict.tissue.detect_tissue` on a thumbnail, a square grid of non-overlapping tiles
+whole-slide prediction uses (`data.tissue.detect_tissue` on a thumbnail, a square grid of non-overlapping tiles
 kept where at least `min_tissue` of a tile is tissue) and cut by `data.patches.extract_patch` at the same um/px.
 Their tiles are held in memory (tile_px^2 * 3 bytes each, `max_tiles` per slide at most).
 """
@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from hifusion import constants as C
-from hifusion.data.cache import PatchFile, cache_sections, section_paths
+from hifusion.data.cache.layout import cache_sections, section_paths
+from hifusion.data.cache.reader import PatchFile
 from hifusion.errors import ConfigError, InputError
 from hifusion.geometry import PatchGeometry
 
@@ -87,8 +88,8 @@ def add_cache_sections(tiles: TileSet, cache: Path, sections: list[str]) -> None
 def _tile_centres(path: Path, mpp: float | None, tile_mpp: float, tile_px: int, min_tissue: float,
                   max_tiles: int, seed: int) -> tuple[object, np.ndarray]:
     """The open slide and level-0 centres of the tissue tiles (at most `max_tiles`, evenly spread)."""
+    from hifusion.data.tissue import detect_tissue, spot_grid
     from hifusion.predict.slide import open_slide
-    from hifusion.predict.tissue import detect_tissue, spot_grid
 
     s = open_slide(path, mpp=mpp, target_mpp=tile_mpp)
     try:

@@ -23,14 +23,9 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from hifusion.checkpoint import HASH_SUFFIX, write_checkpoint
 from hifusion.constants import TEST_MSE_FLATTERING
 from hifusion.io import atomic_write_text
-from hifusion.progress import format_seconds, say, use_bars
+from hifusion.progress import format_seconds, say
 
 VAL_KEYS = ("val_mse", "val_pcc_gene")  # validation figures worth a glance, when a validation split exists
-
-
-def use_bar() -> bool:
-    """Lightning's bar only on an interactive terminal with bars allowed (see `hifusion.progress`)."""
-    return use_bars()
 
 
 class EpochLines(L.Callback):

@@ -15,8 +15,8 @@ import numpy as np
 from hifusion.config import ModelConfig, TrainConfig
 from hifusion.data.splitdata import SplitData
 from hifusion.preprocess import gene_axes, shrink_factor
+from hifusion.ranks import is_global_zero
 from hifusion.recipe import GeneAxes, Recipe, adjust, calibrated, write_recipe, write_shrink_factor
-from hifusion.train.distributed import is_global_zero
 from hifusion.train.fitters import FitResult, get_fitter
 from hifusion.train.trainer import set_threads
 

@@ -32,14 +32,15 @@ from hifusion.checkpoint import load_state_into, save_model_checkpoint
 from hifusion.checkpoint_meta import CheckpointMeta
 from hifusion.config import ModelConfig, TrainConfig
 from hifusion.contracts import BatchPredictor
-from hifusion.data.datasets import SectionDataset, SpotDataset, patch_mean_std
 from hifusion.data.splitdata import SplitData
+from hifusion.data.torch_datasets import SectionDataset, SpotDataset, patch_mean_std
 from hifusion.errors import ConfigError
 from hifusion.geometry import PatchGeometry
 from hifusion.inference import Predictor, SectionEmbeddings, predict_rows, predict_section, used_inputs
 from hifusion.models.encoders import preset_inputs
 from hifusion.preprocess import has_batchnorm, input_sources, rescale_warnings
 from hifusion.recipe import PLAIN, Recipe
+from hifusion.registries import Registry
 from hifusion.train.callbacks import TestSelection
 from hifusion.train.module import ExpressionModule, SectionModule
 from hifusion.train.trainer import ExpressionDataModule, run_lightning, uses_cuda
@@ -64,21 +65,17 @@ class FitResult:
 
 
 Fitter = Callable[[torch.nn.Module, ModelConfig, TrainConfig, SplitData, Path, bool], FitResult]
-_FITTERS: dict[str, Fitter] = {}
+_FITTERS: Registry[Fitter] = Registry("no fitter for input kind '{name}' (known: {known})")
 
 
 def register_fitter(kind: str) -> Callable[[Fitter], Fitter]:
-    def deco(fn: Fitter) -> Fitter:
-        _FITTERS[kind] = fn
-        return fn
-
-    return deco
+    return _FITTERS.register(kind)
 
 
 def get_fitter(kind: str, model_name: str) -> Fitter:
     if kind not in _FITTERS:
         raise ConfigError(f"model '{model_name}' has input kind '{kind}' that no fitter handles")
-    return _FITTERS[kind]
+    return _FITTERS.get(kind)
 
 
 # ------------------------------------------------------------------------------------------- checkpoint metadata

@@ -21,8 +21,9 @@ from lightning.pytorch.loggers import CSVLogger
 from hifusion import constants as C
 from hifusion.checkpoint import check_resumable, load_state_into
 from hifusion.config import TrainConfig
-from hifusion.data.datasets import EpochSampler
-from hifusion.train.callbacks import AtomicCheckpointIO, EpochLines, EpochMetricsWriter, use_bar
+from hifusion.data.torch_datasets import EpochSampler
+from hifusion.progress import use_bars
+from hifusion.train.callbacks import AtomicCheckpointIO, EpochLines, EpochMetricsWriter
 
 
 def uses_cuda(cfg: TrainConfig) -> bool:
@@ -134,7 +135,7 @@ def _callbacks(module: Any, cfg: TrainConfig, run_dir: Path, has_val: bool) -> l
         EpochMetricsWriter(run_dir / C.RUN_METRICS),
     ]
     # a bar on a terminal, one line per epoch elsewhere
-    callbacks += [] if use_bar() else [EpochLines(getattr(module.model, "name", "") or type(module.model).__name__)]
+    callbacks += [] if use_bars() else [EpochLines(getattr(module.model, "name", "") or type(module.model).__name__)]
     if has_val:
         callbacks.insert(0, ModelCheckpoint(dirpath=ckpt_dir, filename=Path(C.CKPT_BEST).stem, monitor="val_mse",
                                             save_top_k=1, enable_version_counter=False))
@@ -177,7 +178,7 @@ def run_lightning(module: Any, datamodule: Any, cfg: TrainConfig, run_dir: Path,
         enable_model_summary=False,
         log_every_n_steps=max(1, min(steps_per_epoch, cfg.max_steps_per_epoch or steps_per_epoch)),
         default_root_dir=run_dir,
-        enable_progress_bar=use_bar(),
+        enable_progress_bar=use_bars(),
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     chosen = best if has_val and best.exists() else last

@@ -1,11 +1,12 @@
-"""The patch cache, read side: which sections a cache holds, its manifest, and a section's AnnData + patch file.
+"""The patch cache, read side: a section's AnnData + patch file, and the few fields read without loading them whole.
 
-`data.prepare` writes the cache; everything that trains or scores reads it through here (no reader or writer code).
+`data.prepare` writes the cache; everything that trains, scores or predicts reads its files through here (the folder
+layout is `cache.layout`).
 """
 
 from __future__ import annotations
 
-import json
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,8 @@ import anndata as ad
 import h5py
 import numpy as np
 
+from hifusion import constants as C
 from hifusion.constants import (
-    CACHE_MANIFEST,
     H5_ATTR_IMAGE_MPP,
     H5_ATTR_PAD_COLOUR,
     H5_ATTR_PIXEL_SIZE,
@@ -27,45 +28,15 @@ from hifusion.constants import (
     H5_COORDS,
     H5_IMG,
     H5AD_SUFFIX,
-    PATCHES_SUFFIX,
     UNS_HIFUSION,
 )
-from hifusion.data.h5cache import close_h5, open_h5
-from hifusion.data.patches import spot_from_region
+from hifusion.data.cache.handles import close_h5, open_h5
+from hifusion.data.cache.layout import cache_sections, section_paths
 from hifusion.errors import InputError
 
 
-def section_paths(out: Path, section: str) -> tuple[Path, Path]:
-    """(h5ad, patches) paths of a section in a cache folder."""
-    return out / f"{section}{H5AD_SUFFIX}", out / f"{section}{PATCHES_SUFFIX}"
-
-
-def is_done(out: Path, section: str) -> bool:
-    h5ad_path, patch_path = section_paths(out, section)
-    return h5ad_path.is_file() and patch_path.is_file()
-
-
-def cache_sections(cache_dir: str | Path) -> list[str]:
-    """Sections with a complete pair of files in a cache folder."""
-    cache_dir = Path(cache_dir)
-    if not cache_dir.is_dir():
-        raise InputError("cache folder not found; run `hifusion prepare` first", cache_dir)
-    names = [p.name[: -len(H5AD_SUFFIX)] for p in cache_dir.glob(f"*{H5AD_SUFFIX}") if not p.name.startswith(".")]
-    return sorted(s for s in names if is_done(cache_dir, s))
-
-
-def read_manifest(cache_dir: str | Path) -> dict[str, Any] | None:
-    path = Path(cache_dir) / CACHE_MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except ValueError as exc:
-        raise InputError(f"unreadable cache manifest ({exc}); use --overwrite", path) from exc
-
-
 class PatchFile:
-    """Reader of a `<section>.patches.h5`; the HDF5 handle comes from a bounded per-process LRU (`data.h5cache`).
+    """Reader of a `<section>.patches.h5`; the HDF5 handle comes from a bounded per-process LRU (`cache.handles`).
 
     Opened lazily in the process that reads (safe in DataLoader workers); over a large cohort only the most recently
     read files stay open, so descriptors and HDF5 chunk caches do not grow with the number of sections.
@@ -92,10 +63,6 @@ class PatchFile:
     def get(self, i: int) -> np.ndarray:
         """Region patch i: uint8 (region_px, region_px, 3)."""
         return self._file()[H5_IMG][int(i)]
-
-    def get_spot(self, i: int) -> np.ndarray:
-        """Spot patch i: the centre spot_px crop of the region patch."""
-        return spot_from_region(self.get(i), self.spot_px)
 
     def close(self) -> None:
         close_h5(self.path)
@@ -134,3 +101,40 @@ def load_cache(cache_dir: str | Path, section: str) -> tuple[ad.AnnData, PatchFi
         raise InputError("patch file and h5ad disagree on the spots; rerun `hifusion prepare --overwrite`", patch_path)
     adata.uns.setdefault(UNS_HIFUSION, {})["h5ad_path"] = str(h5ad_path)
     return adata, patches
+
+
+def h5ad_patient(path: str | Path, default: str) -> str:
+    """The first spot's `obs['patient']` of a cache `.h5ad`, read from that one column (not the whole AnnData)."""
+    from anndata.io import read_elem
+
+    with h5py.File(path, "r") as f:
+        obs = f["obs"]
+        if C.OBS_PATIENT not in obs:
+            return default
+        col = obs[C.OBS_PATIENT]
+        if isinstance(col, h5py.Group) and "codes" in col:  # categorical: one code and the category table
+            codes = col["codes"]
+            return str(read_elem(col["categories"])[int(codes[0])]) if codes.shape[0] else default
+        values = read_elem(col)
+        return str(values[0]) if len(values) else default
+
+
+def cache_patients(cache: Path) -> dict[str, str]:
+    """Section -> patient for every section in a cache (one obs column of each .h5ad, not the whole AnnData)."""
+    return {s: h5ad_patient(Path(cache) / f"{s}{H5AD_SUFFIX}", s) for s in cache_sections(cache)}
+
+
+def obs_values(path: str | Path, key: str) -> np.ndarray:
+    """One plain (non-categorical) obs column of a cache `.h5ad`, without loading the whole AnnData."""
+    with h5py.File(path, "r") as f:
+        return f[f"obs/{key}"][:]
+
+
+@functools.lru_cache(maxsize=8)
+def read_images(path: str, lib: str) -> dict[str, Any] | None:
+    """A section's images, read once for the prediction files of all its models and variants (a few sections held)."""
+    from anndata.io import read_elem
+
+    with h5py.File(path, "r") as f:
+        key = f"uns/{C.UNS_SPATIAL}/{lib}/images"
+        return read_elem(f[key]) if key in f else None

@@ -10,13 +10,13 @@ lean; `spatial_uns` gives `uns['spatial']` back with its images, re-read from th
 from __future__ import annotations
 
 import copy
-import functools
 from pathlib import Path
 from typing import Any
 
 import anndata as ad
 
 from hifusion import constants as C
+from hifusion.data.cache.reader import read_images
 
 STRIPPED = "images_dropped"  # set in uns['hifusion'] when drop_images removed the images
 
@@ -47,36 +47,7 @@ def spatial_uns(adata: ad.AnnData) -> dict[str, Any] | None:
     if not path.is_file():
         return out
     for lib in out:
-        images = _cached_images(str(path), str(lib))
+        images = read_images(str(path), str(lib))
         if images is not None and isinstance(out[lib], dict):
             out[lib] = {**out[lib], "images": dict(images)}
     return out
-
-
-@functools.lru_cache(maxsize=8)
-def _cached_images(path: str, lib: str) -> dict[str, Any] | None:
-    """A section's images, read once for the prediction files of all its models and variants (a few sections held)."""
-    import h5py
-    from anndata.io import read_elem
-
-    with h5py.File(path, "r") as f:
-        key = f"uns/{C.UNS_SPATIAL}/{lib}/images"
-        return read_elem(f[key]) if key in f else None
-
-
-def h5ad_patient(path: str | Path, default: str) -> str:
-    """The first spot's `obs['patient']` of a cache `.h5ad`, read from that one column (not the whole AnnData)."""
-    import h5py
-    from anndata.io import read_elem
-
-    with h5py.File(path, "r") as f:
-        obs = f["obs"]
-        if C.OBS_PATIENT not in obs:
-            return default
-        col = obs[C.OBS_PATIENT]
-        if isinstance(col, h5py.Group) and "codes" in col:  # categorical: one code and the category table
-            codes = col["codes"]
-            return str(read_elem(col["categories"])[int(codes[0])]) if codes.shape[0] else default
-        values = read_elem(col)
-        return str(values[0]) if len(values) else default
-

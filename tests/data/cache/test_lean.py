@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from hifusion import constants as C
-from hifusion.data.cache import load_cache
-from hifusion.data.sectionmeta import drop_images, spatial_uns, without_counts
+from hifusion.data.cache.lean import drop_images, spatial_uns, without_counts
+from hifusion.data.cache.reader import load_cache
 from tests.synthetic import prepare_cache, write_dataset
 
 
@@ -39,7 +39,7 @@ def test_h5ad_patient_reads_one_column(tmp_path: Path) -> None:
     import anndata as ad
     import pandas as pd
 
-    from hifusion.data.sectionmeta import h5ad_patient
+    from hifusion.data.cache.reader import h5ad_patient
 
     for name, obs in (("cat", pd.DataFrame({"patient": pd.Categorical(["B", "B"])}, index=["a", "b"])),
                       ("str", pd.DataFrame({"patient": ["A", "A"]}, index=["a", "b"])),

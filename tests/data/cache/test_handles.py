@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from hifusion import constants as C
-from hifusion.data import h5cache
-from hifusion.data.cache import PatchFile
-from hifusion.data.datasets import SpotDataset
-from hifusion.data.h5cache import H5Handles
+from hifusion.data.cache import handles
+from hifusion.data.cache.reader import PatchFile
+from hifusion.data.torch_datasets import SpotDataset
+from hifusion.data.cache.handles import H5Handles
 
 
 def _write_patch_file(path: Path, section: int, n: int = 4, side: int = 8) -> None:
@@ -72,14 +72,14 @@ class _WithOpenCount(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         item = self.ds[i]
-        item["open"] = torch.tensor([len(h5cache.HANDLES), _open_under(self.folder)])
+        item["open"] = torch.tensor([len(handles.HANDLES), _open_under(self.folder)])
         return item
 
 
 def test_dataloader_workers_hold_a_bounded_number_of_patch_files(
     patch_files: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(h5cache.HANDLES, "max_open", 4)
+    monkeypatch.setattr(handles.HANDLES, "max_open", 4)
     files = [PatchFile(p) for p in patch_files]
     ds = SpotDataset(files, [np.arange(len(f)) for f in files], None, spot_px=4, region_px=8)
     loader = torch.utils.data.DataLoader(_WithOpenCount(ds, tmp_path), batch_size=6, num_workers=2,

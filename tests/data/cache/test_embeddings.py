@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 
 from hifusion import constants as C
-from hifusion.data.embeddings import embeddings_path, key_hash, read_embeddings, write_embeddings
+from hifusion.data.cache.embeddings import embeddings_path, key_hash, read_embeddings, write_embeddings
 
 KEY = {"section": "P1", "encoder": {"encoder": "resnet10", "weights": "sha256:ab"}, "view": 0,
        "meta": {"patch": {"spot_px": 16, "pixel_size": 5.0}, "normalisation": {"mode": "patch"}}}

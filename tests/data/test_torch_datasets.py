@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from hifusion.data.datasets import EpochSampler, SpotDataset, augment_d4, centre_crop
+from hifusion.data.torch_datasets import EpochSampler, SpotDataset, augment_d4, centre_crop
 
 
 class ArrayPatches:

@@ -1,4 +1,5 @@
-"""Tissue detection on a slide thumbnail and the virtual spot grid laid over the tissue.
+"""The tissue rule, used by `prepare` (per spot patch) and `predict` / `pretrain` (per slide thumbnail), and the
+virtual spot grid laid over the tissue.
 
 A new slide has no spot array, so prediction places virtual spots: a hexagonal (Visium-like) or square (legacy ST)
 lattice, kept where enough of the spot's field of view is tissue. Detection works on a thumbnail (at most 2000 px on
@@ -9,6 +10,10 @@ Tissue rule (documented for users): a pixel is tissue when its saturation exceed
 saturation with local texture (smooth coloured glare on the glass stays out), it is not near-black (masked
 background, black ink) and it is not ink: green/cyan/blue hues (70-215 degrees) that H&E never shows saturated, or
 dense saturated blue-violet patches. Then morphology (opening, closing, hole filling) and removal of small specks.
+
+Per spot patch (`spot_tissue_fraction`, the check in `prepare`) the same saturation and value thresholds apply per
+pixel without the morphology, and a pixel darker than glass also counts: enough to tell a spot on tissue from one on a
+blank, black or white image.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ MIN_SCORE = 0.08  # saturation below this is glass noise; keeps blank slides bla
 MAX_SCORE = 0.2  # saturation above this is tissue whatever Otsu says (a thumbnail full of tissue has no glass mode)
 PALE_SATURATION, TEXTURE_SD, TEXTURE_WINDOW = 0.1, 0.02, 5  # pale stroma: faintly coloured but textured, unlike glare
 BLACK_VALUE = 0.2  # max channel under this: black masked background or black ink
+GREY_TISSUE_VALUE = 0.75  # per spot patch: unstained but darker than glass (grey scans, dense tissue) still counts
 PEN_HUE = (70.0, 215.0)  # degrees: yellow-green .. blue; no H&E pixel of the HER2ST sections falls here saturated
 PEN_SATURATION = 0.3
 VIOLET_PEN_HUE = (215.0, 240.0)  # blue-violet ink overlaps the bluest haematoxylin: only dense, saturated patches
@@ -33,15 +39,28 @@ DEFAULT_MIN_FRACTION = 0.5  # a grid spot is kept when at least half its field o
 
 def rgb_to_hsv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Hue (degrees), saturation and value (0-1) of a uint8 RGB image; numpy-only so it stays fast on big thumbnails."""
-    x = np.asarray(rgb)[..., :3].astype(np.float32) / 255.0
+    x, mx, delta, sat = _saturation_value(rgb)
     r, g, b = x[..., 0], x[..., 1], x[..., 2]
-    mx, mn = x.max(axis=-1), x.min(axis=-1)
-    delta = mx - mn
-    sat = np.where(mx > 0, delta / np.maximum(mx, 1e-6), 0.0)
     d = np.maximum(delta, 1e-6)
     hue = np.where(mx == r, ((g - b) / d) % 6.0, np.where(mx == g, (b - r) / d + 2.0, (r - g) / d + 4.0)) * 60.0
     hue = np.where(delta > 0, hue, 0.0)
     return hue.astype(np.float32), sat.astype(np.float32), mx.astype(np.float32)
+
+
+def _saturation_value(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(RGB in 0-1, value = max channel, max - min channel, saturation) of a uint8 RGB image, float32."""
+    x = np.asarray(rgb)[..., :3].astype(np.float32) / 255.0
+    mx, mn = x.max(axis=-1), x.min(axis=-1)
+    delta = mx - mn
+    sat = np.where(mx > 0, delta / np.maximum(mx, 1e-6), 0.0)
+    return x, mx, delta, sat
+
+
+def spot_tissue_fraction(patch: np.ndarray) -> float:
+    """Share of a patch's pixels that look like tissue: not near-black and either coloured or darker than glass."""
+    _, val, _, sat = _saturation_value(patch)
+    tissue = (val >= BLACK_VALUE) & ((sat > MIN_SCORE) | (val < GREY_TISSUE_VALUE))
+    return float(tissue.mean()) if tissue.size else 0.0
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
