@@ -9,10 +9,10 @@ import h5py
 import numpy as np
 import pytest
 from conftest import MARKER, MPP
-from hifusion.data.cache.layout import cache_sections
 
 import hifusion.data.prepare as prep
 from hifusion.constants import CACHE_MANIFEST
+from hifusion.data.cache.layout import cache_sections
 from hifusion.data.cache.reader import PatchFile, load_cache
 from hifusion.errors import ConfigError, InputError
 from tests.synthetic import prepare_cache

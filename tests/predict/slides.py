@@ -17,6 +17,7 @@ from scipy import ndimage
 
 from hifusion import __version__
 from hifusion.predict import Compute
+from tests.fixtures.make_legacy_checkpoint import randomise_batchnorm
 
 SLIDE_MPP = 0.5
 PANEL = ["ERBB2", "KRT19", "GENE_A", "GENE_B", "GENE_C"]
@@ -94,11 +95,7 @@ def write_checkpoint(
     panel = list(panel or PANEL)
     torch.manual_seed(seed)
     model = create_model("hifusion", n_genes=len(panel), **TINY_OPTIONS)
-    with torch.no_grad():  # non-trivial BatchNorm statistics, so predictions vary from spot to spot
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
+    randomise_batchnorm(model)  # non-trivial statistics, so predictions vary from spot to spot
     meta = {
         "version": __version__,
         "model": {"name": "hifusion", "options": dict(TINY_OPTIONS)},

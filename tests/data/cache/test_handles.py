@@ -13,9 +13,9 @@ import torch
 
 from hifusion import constants as C
 from hifusion.data.cache import handles
+from hifusion.data.cache.handles import H5Handles
 from hifusion.data.cache.reader import PatchFile
 from hifusion.data.torch_datasets import SpotDataset
-from hifusion.data.cache.handles import H5Handles
 
 
 def _write_patch_file(path: Path, section: int, n: int = 4, side: int = 8) -> None:

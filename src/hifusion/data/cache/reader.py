@@ -15,21 +15,6 @@ import h5py
 import numpy as np
 
 from hifusion import constants as C
-from hifusion.constants import (
-    H5_ATTR_IMAGE_MPP,
-    H5_ATTR_PAD_COLOUR,
-    H5_ATTR_PIXEL_SIZE,
-    H5_ATTR_REGION_FACTOR,
-    H5_ATTR_REGION_PX,
-    H5_ATTR_SECTION,
-    H5_ATTR_SPOT_PX,
-    H5_ATTR_SPOT_UM,
-    H5_BARCODE,
-    H5_COORDS,
-    H5_IMG,
-    H5AD_SUFFIX,
-    UNS_HIFUSION,
-)
 from hifusion.data.cache.handles import close_h5, open_h5
 from hifusion.data.cache.layout import cache_sections, section_paths
 from hifusion.errors import InputError
@@ -47,9 +32,9 @@ class PatchFile:
         try:
             with h5py.File(self.path, "r") as f:
                 self.attrs: dict[str, Any] = {k: _plain(v) for k, v in f.attrs.items()}
-                self._len = int(f[H5_IMG].shape[0])
-                self.coords = f[H5_COORDS][:]
-                self.barcodes = f[H5_BARCODE][:].astype(str)
+                self._len = int(f[C.H5_IMG].shape[0])
+                self.coords = f[C.H5_COORDS][:]
+                self.barcodes = f[C.H5_BARCODE][:].astype(str)
         except (OSError, KeyError) as exc:
             msg = f"not a readable patch file ({exc}); rerun `hifusion prepare --overwrite`"
             raise InputError(msg, self.path) from exc
@@ -62,19 +47,19 @@ class PatchFile:
 
     def get(self, i: int) -> np.ndarray:
         """Region patch i: uint8 (region_px, region_px, 3)."""
-        return self._file()[H5_IMG][int(i)]
+        return self._file()[C.H5_IMG][int(i)]
 
     def close(self) -> None:
         close_h5(self.path)
 
-    pixel_size = property(lambda self: float(self.attrs[H5_ATTR_PIXEL_SIZE]))
-    spot_px = property(lambda self: int(self.attrs[H5_ATTR_SPOT_PX]))
-    region_px = property(lambda self: int(self.attrs[H5_ATTR_REGION_PX]))
-    spot_um = property(lambda self: float(self.attrs[H5_ATTR_SPOT_UM]))
-    region_factor = property(lambda self: float(self.attrs[H5_ATTR_REGION_FACTOR]))
-    image_mpp = property(lambda self: float(self.attrs[H5_ATTR_IMAGE_MPP]))
-    section = property(lambda self: str(self.attrs[H5_ATTR_SECTION]))
-    pad_colour = property(lambda self: tuple(int(v) for v in self.attrs[H5_ATTR_PAD_COLOUR]))
+    pixel_size = property(lambda self: float(self.attrs[C.H5_ATTR_PIXEL_SIZE]))
+    spot_px = property(lambda self: int(self.attrs[C.H5_ATTR_SPOT_PX]))
+    region_px = property(lambda self: int(self.attrs[C.H5_ATTR_REGION_PX]))
+    spot_um = property(lambda self: float(self.attrs[C.H5_ATTR_SPOT_UM]))
+    region_factor = property(lambda self: float(self.attrs[C.H5_ATTR_REGION_FACTOR]))
+    image_mpp = property(lambda self: float(self.attrs[C.H5_ATTR_IMAGE_MPP]))
+    section = property(lambda self: str(self.attrs[C.H5_ATTR_SECTION]))
+    pad_colour = property(lambda self: tuple(int(v) for v in self.attrs[C.H5_ATTR_PAD_COLOUR]))
 
 
 def _plain(v: Any) -> Any:
@@ -99,7 +84,7 @@ def load_cache(cache_dir: str | Path, section: str) -> tuple[ad.AnnData, PatchFi
     patches = PatchFile(patch_path)
     if len(patches) != adata.n_obs or not np.array_equal(patches.barcodes, adata.obs_names.to_numpy().astype(str)):
         raise InputError("patch file and h5ad disagree on the spots; rerun `hifusion prepare --overwrite`", patch_path)
-    adata.uns.setdefault(UNS_HIFUSION, {})["h5ad_path"] = str(h5ad_path)
+    adata.uns.setdefault(C.UNS_HIFUSION, {})["h5ad_path"] = str(h5ad_path)
     return adata, patches
 
 
@@ -121,7 +106,7 @@ def h5ad_patient(path: str | Path, default: str) -> str:
 
 def cache_patients(cache: Path) -> dict[str, str]:
     """Section -> patient for every section in a cache (one obs column of each .h5ad, not the whole AnnData)."""
-    return {s: h5ad_patient(Path(cache) / f"{s}{H5AD_SUFFIX}", s) for s in cache_sections(cache)}
+    return {s: h5ad_patient(Path(cache) / f"{s}{C.H5AD_SUFFIX}", s) for s in cache_sections(cache)}
 
 
 def obs_values(path: str | Path, key: str) -> np.ndarray:
