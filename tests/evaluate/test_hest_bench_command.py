@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from hifusion import constants as C
 from hifusion.cli import app
-from hifusion.evaluate.hestbench import hest_probe
+from hifusion.evaluate.hestbench import FeatureSource, hest_probe, make_embedder
+from hifusion.models.presets import EncoderPreset, register_preset
 from tests.data.test_hest_task import GENES, write_hest_task
 
 
@@ -52,3 +53,21 @@ def test_hest_bench_command(tmp_path: Path) -> None:
                                      "--option", "encoder=resnet10", "--resume"])
     assert again.exit_code == 0, again.output
     assert json.loads((out / C.HEST_SUMMARY_JSON).read_text())["pearson_mean"] == summary["pearson_mean"]
+
+
+def test_a_preset_encoder_gets_its_own_normalisation_and_input_side() -> None:
+    """HEST feeds every encoder its own transform; a registry model built on a preset is probed the same way."""
+    from hifusion.models.presets import _PRESETS
+
+    register_preset(EncoderPreset(
+        name="tiny-hest-test", title="test preset", arch="resnet10t", options={}, feature_dim=512, embedding="mean",
+        input_px=64, mpp=None, mean=(0.7, 0.6, 0.8), std=(0.15, 0.2, 0.1), weight_file="none.bin",
+        layout="timm", params_m=4.9))
+    try:
+        emb = make_embedder(FeatureSource("linear_probe", {"encoder": "tiny-hest-test"}), patch_mpp=0.5, patch_px=224)
+    finally:
+        _PRESETS.remove("tiny-hest-test")  # the preset tables of other tests list the published presets only
+    assert emb.size == 64 and emb.norm["mean"] == [0.7, 0.6, 0.8] and emb.norm["std"] == [0.15, 0.2, 0.1]
+    assert emb(np.zeros((2, 224, 224, 3), np.uint8)).shape == (2, 512)
+    plain = make_embedder(FeatureSource("linear_probe", {"encoder": "resnet10"}), patch_mpp=0.5, patch_px=224)
+    assert plain.size is None and plain.norm["mean"] == [0.485, 0.456, 0.406]  # ImageNet, at the patch's size

@@ -95,6 +95,11 @@ def make_embedder(source: FeatureSource, patch_mpp: float, patch_px: int) -> Emb
     from hifusion.models import create_model
 
     net = create_model(model, **options)
+    enc = getattr(net, "spot_encoder", None) or getattr(net, "encoder", None)
+    preset = getattr(enc, "preset", None)
+    if preset is not None:  # HEST feeds each encoder its own transform: the preset's input side and mean/std
+        norm = {"mode": "dataset", "mean": list(preset.mean), "std": list(preset.std)}
+        return Embedder(net.eval(), norm, preset.input_px, f"{model} ({preset.name})")
     return Embedder(net.eval(), IMAGENET, None, str(model))
 
 
