@@ -71,3 +71,19 @@ def test_a_preset_encoder_gets_its_own_normalisation_and_input_side() -> None:
     assert emb(np.zeros((2, 224, 224, 3), np.uint8)).shape == (2, 512)
     plain = make_embedder(FeatureSource("linear_probe", {"encoder": "resnet10"}), patch_mpp=0.5, patch_px=224)
     assert plain.size is None and plain.norm["mean"] == [0.485, 0.456, 0.406]  # ImageNet, at the patch's size
+
+
+def test_hest_bench_scores_a_trained_checkpoint(tmp_path: Path) -> None:
+    """`--checkpoint`: a trained model's spot features, its patches resampled from HEST's 0.5 um/px to its scale."""
+    from tests.predict.slides import PIXEL_SIZE, write_checkpoint
+
+    root = write_hest_task(tmp_path / "bench_data")
+    ckpt = write_checkpoint(tmp_path / "model.ckpt")
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["hest-bench", "--root", str(root), "--task", "IDC", "--out", str(out),
+                                   "--checkpoint", str(ckpt), "--batch-size", "8"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / C.HEST_SUMMARY_JSON).read_text())
+    assert len(summary["folds"]) == 2 and np.isfinite([f["pearson_mean"] for f in summary["folds"]]).all()
+    emb = make_embedder(FeatureSource(checkpoint=ckpt), patch_mpp=0.5, patch_px=224)
+    assert emb.size == max(8, round(224 * 0.5 / PIXEL_SIZE))  # the checkpoint's own scale
