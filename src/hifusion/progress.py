@@ -33,7 +33,8 @@ def stderr_is_terminal() -> bool:
 
 
 def use_bars() -> bool:
-    """A redrawn bar only on an interactive terminal with bars allowed; plain lines otherwise."""
+    """A redrawn bar only on an interactive terminal with bars allowed; plain lines otherwise (a bar redrawn with
+    carriage returns is unreadable in a log file or cluster job, where only its last state survives)."""
     return bars_allowed() and stderr_is_terminal()
 
 

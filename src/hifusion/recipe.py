@@ -160,13 +160,17 @@ def resolve_calibration(recipe: Recipe, ckpt_dir: Path | None, has_level: bool) 
 
     CheckpointError where centring needs the training mean the checkpoint lacks, or `shrink` a factor no benchmark
     fitted for this recipe."""
-    mode = recipe.calibrate
+    mode, factor = recipe.calibrate, None
     if mode == "auto":  # the benchmark's fitted factor where there is one, else centring alone (if it can)
-        mode = "shrink" if _has_shrink(ckpt_dir, recipe) else "centre" if has_level else "none"
+        try:
+            mode, factor = "shrink", read_shrink_factor(ckpt_dir, recipe)
+        except CheckpointError:
+            mode = "centre" if has_level else "none"
     if mode in ("centre", "shrink") and not has_level:
         raise CheckpointError(f"calibrate '{mode}' needs the training mean, which this checkpoint predates")
-    factor = read_shrink_factor(ckpt_dir, recipe) if mode == "shrink" else 1.0
-    return recipe.model_copy(update={"calibrate": mode}), factor
+    if mode == "shrink" and factor is None:
+        factor = read_shrink_factor(ckpt_dir, recipe)
+    return recipe.model_copy(update={"calibrate": mode}), 1.0 if factor is None else factor
 
 
 # ---------------------------------------------------------------------------------------- recipe.json
@@ -257,12 +261,3 @@ def read_shrink_factor(ckpt_dir: Path | None, recipe: Recipe) -> float:
         raise CheckpointError(f"calibrate 'shrink' needs a shrink factor for {key} in {C.CALIBRATION_JSON} beside "
                               "the checkpoint (written by a benchmark with that calibration); use 'centre'", path)
     return float(factor)
-
-
-def _has_shrink(ckpt_dir: Path | None, recipe: Recipe) -> bool:
-    try:
-        read_shrink_factor(ckpt_dir, recipe)
-    except CheckpointError:
-        return False
-    return True
-

@@ -361,7 +361,7 @@ def prepare_sections(
     With `progress`, each section's image, um/px and resampling factor and, once done, its share of spots on tissue
     are reported on stderr. Patches enlarged more than 4x from the image draw a warning (they hold little detail).
     """
-    fmt, root, reader_options = cfg.format, _root(cfg), cfg.reader_options()
+    fmt, root, reader_options = cfg.format, dataset_root(cfg), cfg.reader_options()
     mpp, coord_scale, images = cfg.mpp or None, cfg.coord_scale or None, cfg.image or None
     compression = None if cfg.compression == "none" else cfg.compression
     _check_compression(compression)
@@ -418,7 +418,7 @@ def prepare_sections(
     return [section_paths(out, s)[0] for s in names]
 
 
-def _root(cfg: PrepareConfig) -> Path:
+def dataset_root(cfg: PrepareConfig) -> Path:
     """The dataset root a prepare config reads (None: the HER2ST sample inside the package)."""
     if cfg.root is not None:
         return Path(cfg.root)

@@ -16,6 +16,7 @@ from hifusion import constants as C
 from hifusion.config import DataConfig, ValConfig
 from hifusion.data.splits import Split, validation_rows
 from hifusion.errors import ConfigError
+from hifusion.geometry import PatchGeometry
 
 
 @dataclass
@@ -39,6 +40,11 @@ class SplitData:
     train_level: np.ndarray | None = None  # pooled training label mean, computed once (`fit_labels`)
     embedding_cache: bool = True  # frozen-encoder embeddings read from / written to <cache>/embeddings
     top50: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    @property
+    def geometry(self) -> PatchGeometry:
+        """The sizes this split's patches are read at (what a checkpoint trained on it records)."""
+        return PatchGeometry(float(self.pixel_size), int(self.spot_px), int(self.region_px))
 
     @property
     def train_sections(self) -> list[str]:

@@ -50,17 +50,12 @@ def ensure_cache(data_cfg: DataConfig, *, progress: bool = True) -> Path:
             raise ConfigError("patch cache folder not found; run `hifusion prepare` or add data.prepare", cache)
         return cache
     from hifusion.data.cache.layout import is_done
-    from hifusion.data.prepare import prepare_sections
+    from hifusion.data.prepare import dataset_root, prepare_sections
     from hifusion.data.readers import list_sections
 
     p = data_cfg.prepare
     if not is_global_zero():  # under torchrun / SLURM every rank starts here at once: only rank 0 prepares
-        if p.sections:
-            names = list(p.sections)
-        else:
-            from hifusion.data.sample import her2st_sample
-
-            names = list_sections(p.format, p.root if p.root is not None else her2st_sample())
+        names = list(p.sections) if p.sections else list_sections(p.format, dataset_root(p))
         wait_until(lambda: all(is_done(cache, s) for s in names), "the patch cache", cache)
         return cache
     prepare_sections(p, cache, overwrite=False, progress=progress)

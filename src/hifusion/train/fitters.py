@@ -35,7 +35,6 @@ from hifusion.contracts import BatchPredictor
 from hifusion.data.splitdata import SplitData
 from hifusion.data.torch_datasets import SectionDataset, SpotDataset, patch_mean_std
 from hifusion.errors import ConfigError
-from hifusion.geometry import PatchGeometry
 from hifusion.inference import Predictor, SectionEmbeddings, predict_rows, predict_section, used_inputs
 from hifusion.models.encoders import preset_inputs
 from hifusion.preprocess import has_batchnorm, input_sources, rescale_warnings
@@ -93,14 +92,9 @@ def stain_for(data: SplitData) -> dict[str, Any]:
     return stain_meta(st.augment.model_dump(), st.normalise, ref)
 
 
-def geometry(data: SplitData) -> PatchGeometry:
-    """The patch geometry of a split's cache."""
-    return PatchGeometry(float(data.pixel_size), int(data.spot_px), int(data.region_px))
-
-
 def input_views(model: torch.nn.Module, data: SplitData) -> dict[str, dict[str, Any]]:
     """How each image input fed by an encoder preset is cut from the cache (`models.encoders.preset_inputs`)."""
-    return preset_inputs(model, geometry(data))
+    return preset_inputs(model, data.geometry)
 
 
 def make_meta(model_cfg: ModelConfig, data: SplitData, norm: dict[str, Any],
@@ -118,7 +112,7 @@ def make_meta(model_cfg: ModelConfig, data: SplitData, norm: dict[str, Any],
         model_options=json.loads(json.dumps(model_cfg.options)),
         panel=list(data.panel),
         label=data.label,
-        patch=geometry(data),
+        patch=data.geometry,
         normalisation=norm,
         train_sections=list(data.train_sections),
         inputs=views or None,
@@ -166,7 +160,7 @@ def rows_predictor(module: BatchPredictor, data: SplitData, batch_size: int) -> 
     """(section, rows, recipe) -> predictions of a spot-level module on cache rows."""
 
     def predict(section: str, rows: np.ndarray, recipe: Recipe = PLAIN) -> np.ndarray:
-        return predict_rows(module, data.patches[section], rows, geometry(data), batch_size=batch_size,
+        return predict_rows(module, data.patches[section], rows, data.geometry, batch_size=batch_size,
                             stain_src=data.stain_source(section), recipe=recipe)
 
     return predict
@@ -176,7 +170,7 @@ def section_predictor(module: BatchPredictor, data: SplitData) -> RowsPredictor:
     """(section, rows, recipe) -> predictions of a whole-section module, the rows in one pass."""
 
     def predict(section: str, rows: np.ndarray, recipe: Recipe = PLAIN) -> np.ndarray:
-        return predict_section(module, data.patches[section], rows, data.array_coords(section, rows), geometry(data),
+        return predict_section(module, data.patches[section], rows, data.array_coords(section, rows), data.geometry,
                                stain_src=data.stain_source(section), recipe=recipe)
 
     return predict
