@@ -116,8 +116,9 @@ class DataConfig(_Strict):
     normalise: Literal["patch", "dataset"] = "patch"
     region_factor: float | None = Field(None, ge=1.0)  # None: the cache's; smaller values centre-crop the region
     stain: StainConfig = Field(default_factory=StainConfig)
-    # frozen-encoder embeddings (linear_probe) stored in <cache>/embeddings and reused by every later fit, fold and run
-    # with the same encoder, weights, preprocessing and view; false: computed in every run, never written
+    # frozen-encoder embeddings (linear_probe; stnet, bleep with freeze_encoder) stored in <cache>/embeddings and
+    # reused by every later fit, fold and run with the same encoder, weights, preprocessing and view; false: computed
+    # once per fit, never written
     embedding_cache: bool = True
 
 

@@ -180,12 +180,15 @@ def embedding_base(module: Predictor) -> dict[str, Any] | None:
     identity = getattr(model, "embedding_identity", None)
     if not callable(identity) or not callable(getattr(model, "features", None)):
         return None
+    encoder = identity()
+    if encoder is None:  # the encoder trains: its embeddings change
+        return None
     device = next(module.parameters()).device
     meta = module.meta.encoder_inputs()
     compute = {"device": device.type, "autocast": device.type == "cuda", "torch": torch.__version__,
                "channels_last": memory_format(module.channels_last, device) == torch.channels_last,
                "batch": C.EMBEDDING_BATCH}
-    return {"format": C.EMBEDDING_FORMAT, "encoder": identity(), "meta": meta, "compute": compute}
+    return {"format": C.EMBEDDING_FORMAT, "encoder": encoder, "meta": meta, "compute": compute}
 
 
 def embedding_key(base: dict[str, Any], section: str, patches: Any, view: int,
@@ -245,11 +248,17 @@ class SectionEmbeddings:
 
     @torch.no_grad()
     def predict(self, section: str, patches: Any, rows: np.ndarray, *, stain_src: np.ndarray | None = None,
-                tta: bool = False, batch_size: int = 64) -> np.ndarray:
-        """Predictions (len(rows), G) in label units from the embeddings through the model's `head`, averaged over
-        the 8 D4 views when `tta` (the same sum, in the same order, as `preprocess.tta_mean`)."""
-        model, rows = self.module.model, np.asarray(rows, np.int64)
-        device = next(self.module.parameters()).device
+                tta: bool = False, batch_size: int = 64, module: BatchPredictor | None = None) -> np.ndarray:
+        """Predictions (len(rows), G) in label units from the embeddings through the model's `from_features`,
+        averaged over the 8 D4 views when `tta` (the same sum, in the same order, as `preprocess.tta_mean`).
+
+        `module`: another fitted copy of the same frozen encoder (e.g. the weights of another epoch) whose head
+        reads these embeddings; by default the one they were made with."""
+        module = self.module if module is None else module
+        model, meta, rows = module.model, module.meta, np.asarray(rows, np.int64)
+        device = next(module.parameters()).device
+        was_training = model.training
+        model.eval()
         total: np.ndarray | None = None
         for k in range(D4_SIZE) if tta else (0,):
             x = self.get(section, patches, k, stain_src)
@@ -257,8 +266,9 @@ class SectionEmbeddings:
             for i in range(0, max(len(rows), 1), batch_size):  # no rows: one empty batch, (0, G) out
                 f = torch.from_numpy(x[rows[i : i + batch_size]]).to(device)
                 with torch.autocast(device.type, enabled=device.type == "cuda"):
-                    parts.append(model.head(f).pred.float())
+                    parts.append(model.from_features(f).pred.float())
             p = torch.cat(parts)
             total = p if total is None else total + p
+        model.train(was_training)
         pred = total / D4_SIZE if tta else total
-        return to_label_units(pred, self.module.meta).float().cpu().numpy()
+        return to_label_units(pred, meta).float().cpu().numpy()

@@ -92,6 +92,36 @@ class SpotDataset(Dataset):
         return item
 
 
+class EmbeddingDataset(Dataset):
+    """Spots as frozen-encoder embeddings: the training data of a model whose encoder does not train.
+
+    `views`: per section, (V, n, C) float32 embeddings of its selected spots under V D4 views (view 0 as stored);
+    with `augment` each item is one view drawn from (seed, epoch, index), as `SpotDataset` draws its flips and
+    rotations, otherwise view 0. Colour and resolution augmentation act on pixels and so never reach these."""
+
+    def __init__(self, views: Sequence[np.ndarray], labels: Sequence[np.ndarray], *, augment: bool = False,
+                 seed: int = 0) -> None:
+        if len(views) != len(labels):
+            raise ValueError("views and labels must have one entry per section")
+        shapes = {(v.shape[0], v.shape[2]) for v in views}
+        if len(shapes) != 1 or any(v.ndim != 3 or v.shape[1] != len(y) for v, y in zip(views, labels, strict=True)):
+            raise ValueError("embeddings must be (views, spots, features) with one label row per spot and the same "
+                             "views and width in every section")
+        self.x = np.concatenate([np.asarray(v, np.float32) for v in views], axis=1)  # (V, N, C)
+        self.labels = np.concatenate([np.asarray(y, np.float32) for y in labels])
+        self.augment, self.seed = augment, seed
+
+    def __len__(self) -> int:
+        return self.x.shape[1]
+
+    def __getitem__(self, key: int) -> dict[str, torch.Tensor]:
+        epoch, index = divmod(int(key), len(self))
+        n_views = self.x.shape[0]
+        view = int(np.random.default_rng([self.seed, epoch, index]).integers(n_views)) if self.augment else 0
+        return {"features": torch.from_numpy(self.x[view, index]), "y": torch.from_numpy(self.labels[index]),
+                "index": torch.tensor(index, dtype=torch.long)}
+
+
 def _stain_stats(stats: Sequence[np.ndarray] | None, n_sections: int) -> torch.Tensor | None:
     """Per-section (2, 3) LAB mean/std (stain normalisation sources) as one (n_sections, 2, 3) float32 tensor."""
     if stats is None:

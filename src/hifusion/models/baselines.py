@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from hifusion.errors import ConfigError, InputError
-from hifusion.models.encoders import create_encoder
+from hifusion.models.encoders import PooledEncoderModel, create_encoder
 from hifusion.models.layers import ModelOutput, set_head_bias
 from hifusion.models.registry import register_model
 
@@ -18,8 +18,11 @@ __all__ = ["MeanProfile", "STNet"]
 
 
 @register_model("stnet")
-class STNet(nn.Module):
-    """ST-Net (He et al. 2020): a CNN trunk on the spot patch, global average pooling, a linear head to genes."""
+class STNet(PooledEncoderModel, nn.Module):
+    """ST-Net (He et al. 2020): a CNN trunk on the spot patch, global average pooling, a linear head to genes.
+
+    With `freeze_encoder` only the head trains, on the encoder's embeddings of the 8 D4 views of each stored patch,
+    computed once (the embedding cache; `PooledEncoderModel`)."""
 
     loss_name = "mse"
     input_kind = "spot_region"
@@ -37,6 +40,7 @@ class STNet(nn.Module):
             raise ConfigError(f"n_genes must be positive, got {n_genes}")
         self.n_genes = int(n_genes)
         self.encoder = create_encoder(encoder, weights=encoder_weights, frozen=freeze_encoder, **(encoder_kwargs or {}))
+        self.encoder_source = (dict(encoder_kwargs or {}), encoder_weights)
         self.head = nn.Linear(self.encoder.embed_dim, self.n_genes)
 
     def init_output_bias(self, mean: Tensor) -> None:
@@ -45,7 +49,10 @@ class STNet(nn.Module):
 
     def forward(self, spot: Tensor, region: Tensor | None = None) -> ModelOutput:
         """Predict from the spot patch; the region patch is accepted for a uniform interface and ignored."""
-        return ModelOutput(pred=self.head(self.encoder.embed(spot)))  # mean-pooled map unless a preset says
+        return self.from_features(self.features(spot))
+
+    def from_features(self, f: Tensor) -> ModelOutput:
+        return ModelOutput(pred=self.head(f))
 
 
 @register_model("mean_profile")

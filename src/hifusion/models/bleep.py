@@ -8,7 +8,9 @@ similarities) / 2 x temperature) instead of the identity (temperature 1). Predic
 product with the query's image embedding.
 The training labels are a buffer (``reference``), set by the fitter (input kind ``retrieval``) before training;
 their embeddings are recomputed from the current expression head whenever predicting, so every checkpoint predicts
-alone. Memory: the reference is N_train x G floats (250 genes x 10^5 spots = 100 MB); otherwise as ST-Net with
+alone. ``freeze_encoder`` keeps the image encoder fixed (a pretrained or foundation encoder): the heads then train on
+its stored embeddings (the embedding cache), the encoder running once per section and D4 view instead of every
+epoch. Memory: the reference is N_train x G floats (250 genes x 10^5 spots = 100 MB); otherwise as ST-Net with
 the chosen encoder. CPU profile (configs): encoder resnet18, as the paper's ResNet-50 costs ~3x more per spot.
 """
 
@@ -24,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hifusion.errors import ConfigError, InputError
-from hifusion.models.encoders import create_encoder
+from hifusion.models.encoders import PooledEncoderModel, create_encoder
 from hifusion.models.layers import ModelOutput
 from hifusion.models.registry import register_model
 
@@ -54,8 +56,11 @@ class ProjectionHead(nn.Module):
 
 
 @register_model("bleep")
-class BLEEP(nn.Module):
-    """Spot-level contrastive model whose prediction is retrieval from the stored training spots."""
+class BLEEP(PooledEncoderModel, nn.Module):
+    """Spot-level contrastive model whose prediction is retrieval from the stored training spots.
+
+    With `freeze_encoder` the image tower's encoder stays fixed and the projection heads train on its embeddings of
+    the 8 D4 views of each stored patch, computed once (the embedding cache; `PooledEncoderModel`)."""
 
     loss_name = "bleep"
     input_kind = "retrieval"
@@ -66,6 +71,7 @@ class BLEEP(nn.Module):
         encoder: str = "resnet50",
         encoder_weights: str | Path | None = None,
         encoder_kwargs: dict[str, Any] | None = None,
+        freeze_encoder: bool = False,
         proj_dim: int = 256,
         dropout: float = 0.1,
         temperature: float = 1.0,
@@ -75,7 +81,8 @@ class BLEEP(nn.Module):
         if int(n_genes) < 1 or int(k) < 1 or float(temperature) <= 0:
             raise ConfigError(f"n_genes, k and temperature must be positive, got {n_genes}, {k}, {temperature}")
         self.n_genes, self.k, self.temperature = int(n_genes), int(k), float(temperature)
-        self.encoder = create_encoder(encoder, weights=encoder_weights, **(encoder_kwargs or {}))
+        self.encoder = create_encoder(encoder, weights=encoder_weights, frozen=freeze_encoder, **(encoder_kwargs or {}))
+        self.encoder_source = (dict(encoder_kwargs or {}), encoder_weights)
         self.image_head = ProjectionHead(self.encoder.embed_dim, proj_dim, dropout)
         self.expr_head = ProjectionHead(self.n_genes, proj_dim, dropout)
         self.register_buffer("reference", torch.zeros(0, self.n_genes))
@@ -95,7 +102,7 @@ class BLEEP(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def embed_image(self, spot: Tensor) -> Tensor:
-        return self.image_head(self.encoder.embed(spot))
+        return self.image_head(self.features(spot))
 
     def embed_expression(self, y: Tensor) -> Tensor:
         return self.expr_head(y)
@@ -113,7 +120,11 @@ class BLEEP(nn.Module):
 
     def forward(self, spot: Tensor, region: Tensor | None = None) -> BLEEPOutput:
         """Image embedding and (when a reference is stored) the retrieval prediction; region ignored."""
-        img = self.embed_image(spot)
+        return self.from_features(self.features(spot))
+
+    def from_features(self, f: Tensor) -> BLEEPOutput:
+        """`forward` from the encoder embedding (B, C)."""
+        img = self.image_head(f)
         has_ref = self.reference.shape[0] > 0
         pred = self.retrieve(img.detach()) if has_ref else img.new_zeros(img.shape[0], self.n_genes)
         return BLEEPOutput(pred=pred, image_emb=img)

@@ -7,6 +7,7 @@ for it with the value `hub`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -16,13 +17,14 @@ import torch
 from timm.models.resnet import BasicBlock, ResNet
 from torch import Tensor, nn
 
+from hifusion.checkpoint import file_sha256, tensors_sha256
 from hifusion.errors import CheckpointError, ConfigError
 from hifusion.geometry import PatchGeometry
 from hifusion.models.presets import HUB, EncoderPreset, get_preset, input_view, list_presets
 from hifusion.registries import Registry
 
-__all__ = ["Encoder", "create_encoder", "input_encoders", "list_encoders", "load_encoder_weights",
-           "preset_inputs", "preset_weights", "register_encoder"]
+__all__ = ["Encoder", "PooledEncoderModel", "create_encoder", "encoder_identity", "input_encoders", "list_encoders",
+           "load_encoder_weights", "preset_inputs", "preset_weights", "register_encoder"]
 
 TrunkBuilder = Callable[..., nn.Module]
 _ENCODERS: Registry[TrunkBuilder] = Registry("unknown encoder {name!r}; known: {known}")
@@ -191,6 +193,13 @@ class Encoder(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self._to_map(x, self._features(x))
 
+    def pooled(self, x: Tensor) -> Tensor:
+        """`embed` in float32 (a 'mean' map is pooled in float32): the embedding that a frozen encoder's cache stores
+        and every head reads, so a cached and a live embedding are the same numbers under autocast too."""
+        if self.embedding == "mean":
+            return self(x).float().mean(dim=(2, 3))
+        return self.embed(x).float()
+
     def embed(self, x: Tensor) -> Tensor:
         """One vector (B, embed_dim) per image, formed as the published model forms its embedding."""
         if self.embedding == "mean":
@@ -223,6 +232,56 @@ class Encoder(nn.Module):
         if side * side != n_tokens:
             raise ConfigError(f"cannot arrange {n_tokens} encoder tokens on a grid for input {tuple(x.shape[-2:])}")
         return side, side
+
+
+def encoder_identity(encoder: Encoder, options: Mapping[str, Any] | None, weights: str | Path | None) -> dict[str, Any]:
+    """What a frozen encoder's embeddings depend on besides their input, for the embedding cache's key (JSON values
+    only): its name and options, and its weights: the SHA-256 of the weights file, or, with random weights (or a hub
+    download), of its tensors themselves (a seed alone does not fix them across torch versions or model layouts)."""
+    path = None if weights is None else Path(weights)
+    if path is not None and path.is_file():
+        digest = f"sha256:{file_sha256(path)}"
+    else:  # no file, or no longer there: the weights in memory are what counts
+        digest = f"random-init:{tensors_sha256(encoder.state_dict())}"
+    return {"encoder": encoder.identity, "encoder_kwargs": json.loads(json.dumps(dict(options or {}), sort_keys=True,
+                                                                                 default=str)),
+            "weights": digest, "pool": encoder.embedding}
+
+
+class PooledEncoderModel:
+    """Mixin for models that read a spot patch through one encoder embedding (`features`) and predict from it
+    (`from_features`); `forward` is `from_features(features(spot))`.
+
+    With a frozen encoder the embedding of a stored patch never changes, so the fitters train and predict from
+    embeddings computed once per section and D4 view (`inference.SectionEmbeddings`, the embedding cache) instead of
+    running the encoder every epoch: `trains_on_embeddings`. Such a model opts out of AdaBN, whose BatchNorm
+    statistics would move the embeddings off those its head was trained on. Needs `self.encoder` (an `Encoder`) and
+    `self.encoder_source` ((options, weights) as given, for the cache key)."""
+
+    encoder: Encoder
+    encoder_source: tuple[dict[str, Any], str | Path | None]
+
+    @property
+    def trains_on_embeddings(self) -> bool:
+        return self.encoder.frozen
+
+    @property
+    def adapts_batchnorm(self) -> bool:
+        return not self.encoder.frozen
+
+    def features(self, spot: Tensor) -> Tensor:
+        """The encoder embedding (B, C) in float32; a frozen encoder runs in eval mode without gradients."""
+        if not self.encoder.frozen:
+            return self.encoder.pooled(spot)
+        self.encoder.eval()
+        with torch.no_grad():
+            return self.encoder.pooled(spot)
+
+    def embedding_identity(self) -> dict[str, Any] | None:
+        """The encoder's part of the embedding cache key; None (nothing cached) while the encoder trains."""
+        if not self.encoder.frozen:
+            return None
+        return encoder_identity(self.encoder, *self.encoder_source)
 
 
 def preset_weights(preset: EncoderPreset, weights: str | Path, option: str = "encoder_weights") -> Path:

@@ -11,7 +11,7 @@ interpolates its training spots (test MSE 2-6x the mean profile's on HER2ST C3/C
 Unlike HEST (no intercept) we fit an intercept: our labels are not centred.
 The fitter computes each section's embeddings once per view and, unless `data.embedding_cache` is false, stores them
 beside the patch cache for every later fit, fold and run on the same encoder (`embedding_identity` names its part of
-the key; `head` is the map a cached embedding goes through, as in `forward`).
+the key; `from_features` is the map a cached embedding goes through, as in `forward`).
 The encoder is any registered or timm name or an encoder preset (``uni``, ``virchow2``, ...: features formed as
 the published model forms its embedding); meaningful features need pretrained weights (``encoder_weights``, a
 local file, or ``hub`` for a preset); with random weights this is a random-features probe. Memory: the encoder's
@@ -20,7 +20,6 @@ inference activations for one batch plus an (N_train, C) float64 feature matrix.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from hifusion.checkpoint import file_sha256, tensors_sha256
 from hifusion.errors import ConfigError, InputError
-from hifusion.models.encoders import create_encoder
+from hifusion.models.encoders import PooledEncoderModel, create_encoder
 from hifusion.models.layers import ModelOutput
 from hifusion.models.registry import register_model
 
@@ -38,10 +36,10 @@ __all__ = ["LinearProbe"]
 
 
 @register_model("linear_probe")
-class LinearProbe(nn.Module):
+class LinearProbe(PooledEncoderModel, nn.Module):
     """Frozen encoder + affine map fitted in closed form (see module docstring)."""
 
-    adapts_batchnorm = False  # see `features`: test-time BatchNorm re-estimation would leave the ridge map
+    adapts_batchnorm = False  # see `from_features`
 
     loss_name = "mse"
     input_kind = "features"
@@ -65,41 +63,16 @@ class LinearProbe(nn.Module):
             raise ConfigError(f"alpha must be positive, got {alpha}")
         self.n_genes, self.n_components, self.alpha = int(n_genes), int(n_components), alpha
         self.encoder = create_encoder(encoder, weights=encoder_weights, frozen=True, **(encoder_kwargs or {}))
-        self.encoder_name, self.encoder_kwargs = str(encoder), dict(encoder_kwargs or {})
-        self.encoder_weights = None if encoder_weights is None else Path(encoder_weights)
+        self.encoder_source = (dict(encoder_kwargs or {}), encoder_weights)
         c = self.encoder.embed_dim
         self.register_buffer("weight", torch.zeros(self.n_genes, c))
         self.register_buffer("bias", torch.zeros(self.n_genes))
         self.register_buffer("fitted", torch.tensor(False))
         self.register_buffer("alpha_used", torch.tensor(0.0, dtype=torch.float64))
 
-    @torch.no_grad()
-    def features(self, spot: Tensor) -> Tensor:
-        """Pooled frozen-encoder features (B, C) of normalised spot patches, always with the encoder in eval mode.
-
-        The ridge map was fitted on features made with the encoder's own BatchNorm statistics; features made with any
-        other statistics (AdaBN's) are off that map, so the probe opts out of AdaBN (`adapts_batchnorm`).
-        """
-        self.encoder.eval()
-        if self.encoder.embedding == "mean":  # pooled in float32, as before presets existed
-            return self.encoder(spot).float().mean(dim=(2, 3))
-        return self.encoder.embed(spot).float()
-
-    def embedding_identity(self) -> dict[str, Any]:
-        """What `features` depends on besides its input, for the embedding cache's key (JSON values only): the
-        encoder's name and options, and its weights: the SHA-256 of the weights file, or, with random weights, of
-        the encoder's tensors themselves (a seed alone does not fix them across torch versions or model layouts)."""
-        if self.encoder_weights is not None and self.encoder_weights.is_file():
-            weights = f"sha256:{file_sha256(self.encoder_weights)}"
-        else:  # no file, or no longer there: the weights in memory are what counts
-            weights = f"random-init:{tensors_sha256(self.encoder.state_dict())}"
-        return {"model": type(self).__name__, "encoder": self.encoder_name,
-                "encoder_kwargs": json.loads(json.dumps(self.encoder_kwargs, sort_keys=True, default=str)),
-                "weights": weights, "pool": self.encoder.embedding}
-
-    def head(self, f: Tensor) -> ModelOutput:
-        """The fitted affine map on features (B, C): `forward` is `head(features(spot))`, and a cached embedding
-        goes through exactly this call."""
+    def from_features(self, f: Tensor) -> ModelOutput:
+        """The fitted affine map on embeddings (B, C) (`features`, made with the encoder's own BatchNorm statistics:
+        the probe opts out of AdaBN, whose statistics would move them off the ridge map)."""
         if not bool(self.fitted):
             raise RuntimeError("LinearProbe must be fitted before predicting")
         return ModelOutput(pred=f @ self.weight.to(f.dtype).T + self.bias.to(f.dtype))
@@ -139,4 +112,4 @@ class LinearProbe(nn.Module):
         """Predict from the spot patch; the region patch is ignored."""
         if not bool(self.fitted):
             raise RuntimeError("LinearProbe must be fitted before predicting")
-        return self.head(self.features(spot))
+        return self.from_features(self.features(spot))

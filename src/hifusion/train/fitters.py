@@ -4,7 +4,8 @@ A model names its kind in `input_kind` (see `models.registry.INPUT_KINDS`); `get
 it, so a new kind registers a fitter here instead of adding branches to `train.fit`.
 
 - ``fit``: closed-form estimators on training labels (the mean profile).
-- ``spot_region``: Lightning on batches of spots (spot and region patches).
+- ``spot_region``: Lightning on batches of spots (spot and region patches); a model whose encoder is frozen
+  (`trains_on_embeddings`: ST-Net, BLEEP with `freeze_encoder`) on batches of its stored encoder embeddings.
 - ``section``: Lightning, one batch = every selected spot of one section with its array coordinates (HisToGene,
   Hist2ST, TRIPLEX); validation spots form their own section-batches, so validation never sees training labels.
 - ``features``: frozen-encoder features + closed-form fit (the HEST-style linear probe), saved as a checkpoint.
@@ -33,15 +34,15 @@ from hifusion.checkpoint_meta import CheckpointMeta
 from hifusion.config import ModelConfig, TrainConfig
 from hifusion.contracts import BatchPredictor
 from hifusion.data.splitdata import SplitData
-from hifusion.data.torch_datasets import SectionDataset, SpotDataset, patch_mean_std
+from hifusion.data.torch_datasets import EmbeddingDataset, SectionDataset, SpotDataset, patch_mean_std
 from hifusion.errors import ConfigError
 from hifusion.inference import Predictor, SectionEmbeddings, predict_rows, predict_section, used_inputs
 from hifusion.models.encoders import preset_inputs
-from hifusion.preprocess import has_batchnorm, input_sources, rescale_warnings
+from hifusion.preprocess import D4_SIZE, has_batchnorm, input_sources, rescale_warnings
 from hifusion.recipe import PLAIN, Recipe
 from hifusion.registries import Registry
 from hifusion.train.callbacks import TestSelection
-from hifusion.train.module import ExpressionModule, SectionModule
+from hifusion.train.module import EmbeddingModule, ExpressionModule, SectionModule
 from hifusion.train.trainer import ExpressionDataModule, run_lightning, uses_cuda
 
 # (section, cache rows, test-time recipe) -> predictions of the fitted model (inference applies AdaBN and D4 views)
@@ -166,6 +167,22 @@ def rows_predictor(module: BatchPredictor, data: SplitData, batch_size: int) -> 
     return predict
 
 
+def embeddings_predictor(module: BatchPredictor, emb: SectionEmbeddings, data: SplitData,
+                         batch_size: int) -> RowsPredictor:
+    """(section, rows, recipe) -> predictions of a frozen-encoder module from the stored embeddings (`emb`) through
+    the module's `from_features`; a model that re-estimates BatchNorm under AdaBN changes its encoder, so under
+    AdaBN it runs on the patches."""
+    adapting = rows_predictor(module, data, batch_size)
+
+    def predict(section: str, rows: np.ndarray, recipe: Recipe = PLAIN) -> np.ndarray:
+        if recipe.adabn and getattr(module.model, "adapts_batchnorm", True) and has_batchnorm(module.model):
+            return adapting(section, rows, recipe)
+        return emb.predict(section, data.patches[section], rows, stain_src=data.stain_source(section),
+                           tta=recipe.tta, batch_size=batch_size, module=module)
+
+    return predict
+
+
 def section_predictor(module: BatchPredictor, data: SplitData) -> RowsPredictor:
     """(section, rows, recipe) -> predictions of a whole-section module, the rows in one pass."""
 
@@ -278,6 +295,8 @@ def _spot_dataset(data: SplitData, rows: dict[str, np.ndarray], centre: str, **k
 @register_fitter("spot_region")
 def _fit_spot_model(model: torch.nn.Module, model_cfg: ModelConfig, cfg: TrainConfig, data: SplitData,
                     run_dir: Path, resume: bool) -> FitResult:
+    if getattr(model, "trains_on_embeddings", False):
+        return _fit_on_embeddings(model, model_cfg, cfg, data, run_dir, resume)
     train_ds = _spot_dataset(data, data.train_rows, cfg.centre_labels, augment=cfg.augment, seed=cfg.seed)
     if train_ds is None:
         raise ConfigError(f"split {data.split.name}: no training spots")
@@ -326,6 +345,51 @@ def _fit_retrieval_model(model: torch.nn.Module, model_cfg: ModelConfig, cfg: Tr
     return _fit_spot_model(model, model_cfg, cfg, data, run_dir, resume)
 
 
+# ------------------------------------------------------------------------------------ frozen encoders
+def _frozen_embeddings(model: torch.nn.Module, model_cfg: ModelConfig, cfg: TrainConfig,
+                       data: SplitData) -> SectionEmbeddings:
+    """The embeddings of a frozen-encoder model's sections, computed once and, with `data.embedding_cache`, stored
+    beside the patch cache for every later model, fold and run on the same encoder and preprocessing."""
+    meta = make_meta(model_cfg, data, normalisation_for(model_cfg, data), model)
+    predictor = Predictor(model, meta, channels_last=cfg.channels_last)
+    if uses_cuda(cfg):
+        predictor = predictor.cuda()
+    predictor.eval()
+    return SectionEmbeddings(predictor, cache=data.embedding_cache)
+
+
+def _embedding_dataset(emb: SectionEmbeddings, data: SplitData, rows: dict[str, np.ndarray], centre: str,
+                       views: range, **kw: Any) -> EmbeddingDataset | None:
+    secs = _nonempty(rows)
+    if not secs:
+        return None
+    x = [np.stack([emb.get(s, data.patches[s], v, data.stain_source(s))[rows[s]] for v in views]) for s in secs]
+    return EmbeddingDataset(x, [data.fit_labels(s, rows[s], centre) for s in secs], **kw)
+
+
+def _fit_on_embeddings(model: torch.nn.Module, model_cfg: ModelConfig, cfg: TrainConfig, data: SplitData,
+                       run_dir: Path, resume: bool) -> FitResult:
+    """A spot model whose encoder is frozen (`trains_on_embeddings`): Lightning trains the rest on the encoder's
+    embeddings of the training spots, one of the 8 D4 views per spot and epoch under `train.augment` (computed once
+    per section and view, not once per epoch); validation, test predictions and test-time views read the same
+    embeddings. Colour and resolution augmentation act on pixels, which a frozen encoder's stored embeddings no
+    longer see: they do not apply here."""
+    emb = _frozen_embeddings(model, model_cfg, cfg, data)
+    views = range(D4_SIZE) if cfg.augment else range(1)
+    train_ds = _embedding_dataset(emb, data, data.train_rows, cfg.centre_labels, views, augment=cfg.augment,
+                                  seed=cfg.seed)
+    if train_ds is None:
+        raise ConfigError(f"split {data.split.name}: no training spots")
+    val_ds = _embedding_dataset(emb, data, data.val_rows, cfg.centre_labels, range(1))
+    model.train()  # embedding put the whole model in eval mode; the heads' dropout trains (the encoder stays frozen)
+    bs = max(cfg.batch_size, 32)
+    plan = LightningPlan(train_ds, val_ds, cfg.batch_size, torch.from_numpy(train_ds.labels.mean(0)),
+                         EmbeddingModule, lambda m: embeddings_predictor(m, emb, data, bs))
+    result = _fit_lightning(model, model_cfg, cfg, data, run_dir, resume, plan)
+    result.info["embeddings"] = emb.stats
+    return result
+
+
 # ------------------------------------------------------------------------------------ frozen features, closed form
 @register_fitter("features")
 def _fit_features_model(model: torch.nn.Module, model_cfg: ModelConfig, cfg: TrainConfig, data: SplitData,
@@ -334,26 +398,15 @@ def _fit_features_model(model: torch.nn.Module, model_cfg: ModelConfig, cfg: Tra
 
     Embeddings come from `inference.SectionEmbeddings`: every spot of a section per D4 view, computed once and, with
     `data.embedding_cache`, stored beside the patch cache for every later model, fold and run on the same encoder.
-    Test predictions (and the test-time D4 views) go through the same embeddings and the model's `head`."""
-    meta = make_meta(model_cfg, data, normalisation_for(model_cfg, data), model)
-    predictor = Predictor(model, meta, channels_last=cfg.channels_last)
-    if uses_cuda(cfg):
-        predictor = predictor.cuda()
-    predictor.eval()
+    Test predictions (and the test-time D4 views) go through the same embeddings and the model's `from_features`."""
+    emb = _frozen_embeddings(model, model_cfg, cfg, data)
+    predictor, meta = emb.module, emb.module.meta
     bs = max(cfg.batch_size, 32)
-    emb = SectionEmbeddings(predictor, cache=data.embedding_cache)
     secs = _nonempty(data.train_rows)
     x = np.concatenate([emb.get(s, data.patches[s], 0, data.stain_source(s))[data.train_rows[s]] for s in secs])
     model.fit_features(x, data.fit_train_labels(cfg.centre_labels))
     ckpt = save_model_checkpoint(model, meta, run_dir / C.CKPT_DIR / C.CKPT_LAST)
-    adapting = rows_predictor(predictor, data, bs)  # AdaBN changes the encoder: its embeddings are not the cached ones
-
-    def predict(section: str, rows: np.ndarray, recipe: Recipe = PLAIN) -> np.ndarray:
-        if recipe.adabn and getattr(model, "adapts_batchnorm", True) and has_batchnorm(model):
-            return adapting(section, rows, recipe)
-        return emb.predict(section, data.patches[section], rows, stain_src=data.stain_source(section), tta=recipe.tta,
-                           batch_size=bs)
-
+    predict = embeddings_predictor(predictor, emb, data, bs)
     preds = {s: predict(s, data.rows[s]) for s in data.test_sections}
     return FitResult(predictions=preds, checkpoint=ckpt, predict=predict,
                      info={"checkpoint_used": ckpt.name, "n_features": int(x.shape[1]),

@@ -20,7 +20,7 @@ from hifusion.inference import call_model, model_inputs, predict_views, to_label
 from hifusion.metrics import pcc_gene
 from hifusion.models.losses import get_loss
 
-__all__ = ["ExpressionModule", "SectionModule"]
+__all__ = ["EmbeddingModule", "ExpressionModule", "SectionModule"]
 
 
 class ExpressionModule(L.LightningModule):
@@ -106,3 +106,12 @@ class ExpressionModule(L.LightningModule):
 class SectionModule(ExpressionModule):
     """Whole-section models (input kind ``section``): one batch is every spot of one section, with the array
     coordinates the model receives as ``coords`` (`inference.call_model` dispatches on the model's input kind)."""
+
+
+class EmbeddingModule(ExpressionModule):
+    """Models with a frozen encoder (`trains_on_embeddings`): batches hold the encoder's stored embeddings
+    (`data.torch_datasets.EmbeddingDataset`), which go straight to the model's `from_features`; the encoder never
+    runs during training, and prediction reads the same embeddings (`inference.SectionEmbeddings`)."""
+
+    def run_model(self, batch: dict[str, torch.Tensor]) -> Any:
+        return self.model.from_features(batch["features"].float())

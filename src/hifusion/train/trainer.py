@@ -122,6 +122,8 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*Experiment logs directory.*exists and is not empty.*")
+    # a frozen encoder stays in eval mode on purpose (`models.encoders.Encoder.train`)
+    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
 
 
 def _callbacks(module: Any, cfg: TrainConfig, run_dir: Path, has_val: bool) -> list[Any]:
