@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -37,3 +39,12 @@ def test_select_on_test_adds_a_labelled_flattering_row(tmp_path: Path) -> None:
     report = res.report.read_text()
     assert "FLATTERING ROWS" in report and FLAT in report
     assert "## Conventions of published tables" in report
+
+    # benchmarks/select_on_test_plain.py re-scores both checkpoints plainly; the honest one gives the report's row
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "select_on_test_plain.py"
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "out"), "--models", "hifusion"], check=True,
+                         capture_output=True, text=True).stdout.splitlines()
+    rows = {line.split()[2]: [float(x) for x in line.split()[3:]] for line in out[1:]}
+    assert set(rows) == {C.CKPT_LAST, C.CKPT_BEST_TEST}
+    ours = metrics[(metrics.model == "hifusion") & (metrics.section.isin(["P2", "Q1"])) & (metrics.metric == "mse")]
+    assert abs(rows[C.CKPT_LAST][0] - float(ours["value"].mean())) < 1e-4
