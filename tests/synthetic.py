@@ -7,6 +7,7 @@ colour encodes the expression of a few genes, so models have real signal to lear
 from __future__ import annotations
 
 import gzip
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -107,3 +108,26 @@ def prepare_cache(fmt: str, root: Path, sections: list[str] | None, out: Path, *
         kw["compression"] = "none"
     cfg = prepare_config(format=fmt, root=root, sections=sections, **{k: v for k, v in kw.items() if v is not None})
     return prepare_sections(cfg, out, **run)
+
+
+def cached_runs(base: Path, bench: Callable[..., object]) -> dict:
+    """A benchmark of frozen-encoder models run three times on one synthetic dataset, for the embedding cache's
+    tests: `first` fills the cache, `second` reads it, `off` runs without it (`bench(root, cache, out,
+    embedding_cache=...)` returns what a test compares). `files`/`files_after`: the embedding files (name ->
+    mtime) after the first run and after all three."""
+    import torch
+
+    from hifusion import constants as C
+
+    def files(cache: Path) -> dict[str, int]:
+        return {p.name: p.stat().st_mtime_ns for p in sorted((cache / C.EMBEDDINGS_DIR).glob("*"))}
+
+    torch.set_num_threads(1)
+    root = write_dataset(base / "raw")
+    cache = base / "cache"
+    first = bench(root, cache, base / "first")
+    after_first = files(cache)
+    second = bench(root, cache, base / "second")
+    off = bench(root, cache, base / "off", embedding_cache=False)
+    return {"root": root, "base": base, "cache": cache, "first": first, "second": second, "off": off,
+            "files": after_first, "files_after": files(cache)}

@@ -14,7 +14,7 @@ from hifusion.checkpoint_meta import CheckpointMeta
 from hifusion.config import parse_config
 from hifusion.evaluate.protocols import run_benchmark
 from hifusion.geometry import PatchGeometry
-from tests.synthetic import tiny_config, write_dataset
+from tests.synthetic import cached_runs, tiny_config
 
 PROBE = {"encoder": "resnet10", "n_components": 8}
 
@@ -34,22 +34,9 @@ def _bench(root: Path, cache: Path, out: Path, *, embedding_cache: bool = True,
     return preds, json.loads((mdir / C.DONE_JSON).read_text())
 
 
-def _files(cache: Path) -> dict[str, int]:
-    return {p.name: p.stat().st_mtime_ns for p in sorted((cache / C.EMBEDDINGS_DIR).glob("*"))}
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    torch.set_num_threads(1)
-    root = write_dataset(tmp_path_factory.mktemp("raw"))
-    base = tmp_path_factory.mktemp("emb")
-    cache = base / "cache"
-    first = _bench(root, cache, base / "first")
-    files = _files(cache)
-    second = _bench(root, cache, base / "second")
-    off = _bench(root, cache, base / "off", embedding_cache=False)
-    return {"root": root, "base": base, "cache": cache, "first": first, "second": second, "off": off,
-            "files": files, "files_after": _files(cache)}
+    return cached_runs(tmp_path_factory.mktemp("emb"), _bench)
 
 
 def test_second_run_reads_every_embedding_and_runs_no_encoder(runs: dict) -> None:

@@ -14,7 +14,7 @@ import torch
 from hifusion import constants as C
 from hifusion.config import parse_config
 from hifusion.evaluate.protocols import run_benchmark
-from tests.synthetic import tiny_config, write_dataset
+from tests.synthetic import cached_runs, tiny_config
 
 MODELS = [
     {"name": "stnet", "options": {"encoder": "resnet10", "freeze_encoder": True}},
@@ -42,15 +42,7 @@ def _bench(root: Path, cache: Path, out: Path, *, embedding_cache: bool = True) 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    torch.set_num_threads(1)
-    root = write_dataset(tmp_path_factory.mktemp("raw"))
-    base = tmp_path_factory.mktemp("frozen")
-    cache = base / "cache"
-    first = _bench(root, cache, base / "first")
-    files = {p.name: p.stat().st_mtime_ns for p in (cache / C.EMBEDDINGS_DIR).glob("*")}
-    second = _bench(root, cache, base / "second")
-    off = _bench(root, cache, base / "off", embedding_cache=False)
-    return {"base": base, "cache": cache, "first": first, "second": second, "off": off, "files": files}
+    return cached_runs(tmp_path_factory.mktemp("frozen"), _bench)
 
 
 def test_training_reads_stored_embeddings_and_a_second_run_encodes_nothing(runs: dict) -> None:
