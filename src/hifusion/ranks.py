@@ -20,6 +20,13 @@ def is_global_zero() -> bool:
     return all(os.environ.get(k, "0").strip() in ("", "0") for k in _RANK_VARS)
 
 
+def local_rank() -> int:
+    """This process's index on its node (0 when not distributed): which of the node's GPUs is its own, known before
+    Lightning assigns one (work done before `fit`, such as computing frozen-encoder embeddings, goes there)."""
+    value = os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0")).strip()
+    return int(value) if value.isdigit() else 0
+
+
 def wait_until(ready: Callable[[], bool], what: str, path: Path, timeout_s: float = 6 * 3600,
                poll_s: float = 2.0) -> None:
     """Non-zero ranks wait for something rank 0 writes (the patch cache) instead of writing it concurrently."""

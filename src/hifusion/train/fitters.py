@@ -39,6 +39,7 @@ from hifusion.errors import ConfigError
 from hifusion.inference import Predictor, SectionEmbeddings, predict_rows, predict_section, used_inputs
 from hifusion.models.encoders import preset_inputs
 from hifusion.preprocess import D4_SIZE, has_batchnorm, input_sources, rescale_warnings
+from hifusion.ranks import local_rank
 from hifusion.recipe import PLAIN, Recipe
 from hifusion.registries import Registry
 from hifusion.train.callbacks import TestSelection
@@ -352,8 +353,8 @@ def _frozen_embeddings(model: torch.nn.Module, model_cfg: ModelConfig, cfg: Trai
     beside the patch cache for every later model, fold and run on the same encoder and preprocessing."""
     meta = make_meta(model_cfg, data, normalisation_for(model_cfg, data), model)
     predictor = Predictor(model, meta, channels_last=cfg.channels_last)
-    if uses_cuda(cfg):
-        predictor = predictor.cuda()
+    if uses_cuda(cfg):  # under DDP each process on its own GPU, as Lightning will place it
+        predictor = predictor.to(torch.device("cuda", local_rank() % max(1, torch.cuda.device_count())))
     predictor.eval()
     return SectionEmbeddings(predictor, cache=data.embedding_cache)
 
