@@ -122,6 +122,7 @@ CKPT_BEST = "best.ckpt"
 CKPT_BEST_TEST = "best_test_FLATTERING.ckpt"  # `train.select_on_test`: the epoch with the best TEST-section MSE
 # the benchmark variant (label suffix "[...]") of a model scored with its test-selected epoch: never an honest number
 FLATTERING_VARIANT = "test-selected, flattering"
+PLAIN_FLATTERING_VARIANT = f"plain, {FLATTERING_VARIANT}"  # the same epoch without the test-time recipe
 TEST_MSE_FLATTERING = "test_mse_FLATTERING"  # the per-epoch test MSE column of a run's metrics.csv
 CKPT_DIR = "checkpoints"
 CKPT_META_KEY = "hifusion"  # the checkpoint entry holding what prediction needs besides the weights

@@ -159,6 +159,8 @@ def _fit_members(m: ModelConfig, train_cfg: Any, data: Any, mdir: Path, resume: 
             plain = variants[""].plain or not test_time
             main = {"": variants[""]}
             preds[C.FLATTERING_VARIANT] = fl.predictions if plain else predict_variants(fl, data, main)[""]
+            if not plain:  # also plain, as the reference code scores it
+                preds[C.PLAIN_FLATTERING_VARIANT] = fl.predictions
             res.info["flattering"] = {k: v for k, v in fl.info.items() if k != "checkpoint_used"}
         members.append(preds)
         if n > 1:  # each member's own predictions stay beside its checkpoint
@@ -322,8 +324,13 @@ def _run_split(cfg: Config, cache: Path, out: Path, split: Any, models: list[Mod
         got.timings.append({"model": m.display, "split": split.name, "seconds": info.get("seconds")})
         for vname, preds in variant_preds.items():
             label = m.display if not vname else f"{m.display} [{vname}]"
-            # the test-selected row is scored under the main recipe (it is the same model at another epoch)
-            adapt = cfg.adapt_variants[vname] if vname and vname != C.FLATTERING_VARIANT else cfg.adapt
+            # the test-selected row is scored under the main recipe (it is the same model at another epoch), and plain
+            if vname == C.PLAIN_FLATTERING_VARIANT:
+                adapt = type(cfg.adapt)()
+            elif vname and vname != C.FLATTERING_VARIANT:
+                adapt = cfg.adapt_variants[vname]
+            else:
+                adapt = cfg.adapt
             prov = provenance(m.name, data.label, info.get("checkpoint"), adapt.model_dump(mode="json"))
             for s in split.test:
                 _score(out, data, split.name, s, label, preds[s], got, per_split=s in repeated, info=prov,

@@ -227,8 +227,9 @@ def _wilcoxon(per_gene: pd.DataFrame, reference: str) -> list[str]:
 
 
 def is_flattering(model: str) -> bool:
-    """Whether a model label is a row whose epoch was chosen on the test sections (`train.select_on_test`)."""
-    return str(model).endswith(f"[{FLATTERING_VARIANT}]")
+    """Whether a model label is a row whose epoch was chosen on the test sections (`train.select_on_test`): its
+    suffix is `[test-selected, flattering]` or `[plain, test-selected, flattering]`."""
+    return str(model).endswith(f"{FLATTERING_VARIANT}]")
 
 
 def _mean_std(v: np.ndarray) -> str:
