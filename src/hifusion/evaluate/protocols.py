@@ -325,12 +325,8 @@ def _run_split(cfg: Config, cache: Path, out: Path, split: Any, models: list[Mod
         for vname, preds in variant_preds.items():
             label = m.display if not vname else f"{m.display} [{vname}]"
             # the test-selected row is scored under the main recipe (it is the same model at another epoch), and plain
-            if vname == C.PLAIN_FLATTERING_VARIANT:
-                adapt = type(cfg.adapt)()
-            elif vname and vname != C.FLATTERING_VARIANT:
-                adapt = cfg.adapt_variants[vname]
-            else:
-                adapt = cfg.adapt
+            own = {"": cfg.adapt, C.FLATTERING_VARIANT: cfg.adapt, C.PLAIN_FLATTERING_VARIANT: type(cfg.adapt)()}
+            adapt = own[vname] if vname in own else cfg.adapt_variants[vname]
             prov = provenance(m.name, data.label, info.get("checkpoint"), adapt.model_dump(mode="json"))
             for s in split.test:
                 _score(out, data, split.name, s, label, preds[s], got, per_split=s in repeated, info=prov,
